@@ -1,0 +1,1 @@
+"""niyama.router"""
