@@ -1,0 +1,20 @@
+"""`niyama bench <name>`: each benchmark is a module with `main(argv) -> int`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        lines = ["usage: niyama bench <name> [options]", "", "benchmarks:"]
+        lines += [f"  {name:<8} {summary}" for name, (_, summary) in BENCHMARKS.items()]
+        known = not argv or argv[0] in ("-h", "--help")
+        print("\n".join(lines), file=sys.stdout if known else sys.stderr)
+        return 0 if known else 2
+    return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]) or 0)
