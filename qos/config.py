@@ -156,10 +156,10 @@ def _parse_tier(raw: object, source: str, index: int) -> Tier:
         value = raw.get(target)
         if target not in KIND_FIELDS[kind]:
             if value is not None:
-                raise QosConfigError(f"{where}: field {target!r}: a {kind} tier has only {' and '.join(KIND_FIELDS[kind])}")
+                raise QosConfigError(f"{where}: field {target!r}: {kind} tiers have only {' and '.join(KIND_FIELDS[kind])}")
             continue
         if value is None:
-            raise QosConfigError(f"{where}: field {target!r}: required for a {kind} tier")
+            raise QosConfigError(f"{where}: field {target!r}: required for {kind} tiers")
         try:
             targets[target] = parse_duration(value)
         except ValueError as exc:

@@ -18,14 +18,16 @@ HYSTERESIS = 0.75
 
 
 class LoadTracker:
-    def __init__(self, initial_rate: float, rate_decay: float, alpha_max: float, levels: int, adaptive: bool) -> None:
+    def __init__(
+        self, initial_rate: float, rate_decay: float, alpha_max: float, levels: int, hybrid: bool, adaptive: bool = True
+    ) -> None:
         self.prefill_rate = initial_rate
         self.rate_decay = rate_decay
-        self.alpha_max = alpha_max
+        self.alpha_max = alpha_max if hybrid else 0.0
         self.levels = levels
-        self.adaptive = adaptive
+        self.adaptive = hybrid and adaptive
         self.saturation = 0.0
-        self.level = 0
+        self.level = 0 if adaptive else levels
 
     @property
     def alpha(self) -> float:

@@ -29,6 +29,7 @@ class PolicyConfig:
     low_kv_fraction: float = 0.1  # below this share of free blocks memory is "low"...
     low_kv_step_tokens: int = 512  # ...and steps are capped at this many tokens
     alpha: float = 0.008  # hybrid priority, seconds per remaining prompt token at full load
+    adaptive_alpha: bool = True  # follow the load; False: always the full alpha (the reference's fixed 8 ms)
     alpha_levels: int = 4  # alpha moves in steps of alpha/levels (each change re-sorts the queues)
     relegation_window: int = 64  # queued requests examined per step for predicted misses
     kv_watermark: float = 0.01  # share of blocks a new admission must leave free
@@ -46,6 +47,8 @@ class PolicyConfig:
             raise ValueError(f"chunk sizes must be increasing positive integers, got {self.chunk_sizes}")
         if self.safety_margin <= 0 or self.alpha < 0 or self.alpha_levels < 1 or self.relegation_window < 1:
             raise ValueError("safety margin must be > 0, alpha >= 0, alpha levels and relegation window >= 1")
+        if not 0 <= self.prefill_rate_decay <= 1:
+            raise ValueError(f"prefill rate decay must be within [0, 1], got {self.prefill_rate_decay}")
         if self.max_running is not None and self.max_running < 1:
             raise ValueError(f"max_running must be at least 1, got {self.max_running}")
 

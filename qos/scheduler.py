@@ -58,7 +58,9 @@ class Scheduler:
         self._admissions = itertools.count()
         self._max_step = config.chunk_sizes[-1] if config.dynamic_chunking else config.token_budget
         rate = config.initial_prefill_rate or self._largest_step_rate()
-        self.load = LoadTracker(rate, config.prefill_rate_decay, config.alpha, config.alpha_levels, config.hybrid_priority)
+        self.load = LoadTracker(
+            rate, config.prefill_rate_decay, config.alpha, config.alpha_levels, config.hybrid_priority, config.adaptive_alpha
+        )
         self._relegated_total = [0] * len(tiers.tiers)
         self._relegated_alive = [0] * len(tiers.tiers)
         self._preempted_total = [0] * len(tiers.tiers)
