@@ -1,0 +1,111 @@
+"""Capacity questions answered by repeated simulation: goodput, and replicas needed.
+
+Goodput is the highest request rate at which at most 1% of requests miss
+their primary target (TTFT for interactive tiers, TTLT for batch ones). It
+is found by probing rates with the same seed (so every probe sees the same
+workload shape), bracketing by doubling or halving, then bisecting until the
+bracket is within ``precision``. A probe stops simulating as soon as misses
+pass the budget, so overloaded probes are cheap. This assumes misses grow
+with the rate, which holds up to the noise of one workload sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .request import Request
+from .simulator import SimResult, SimSetup, simulate
+
+MISS_BUDGET = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    rate: float
+    requests: int
+    misses: int
+
+    @property
+    def ok(self) -> bool:
+        return self.misses <= MISS_BUDGET * self.requests
+
+
+def probe(setup: SimSetup, requests: Sequence[Request], rate: float = 0.0) -> Probe:
+    budget = math.floor(MISS_BUDGET * len(requests))
+    result = simulate(setup, requests, stop_after_misses=budget)
+    return Probe(rate, len(requests), result.misses)
+
+
+def goodput(
+    run: Callable[[float], Probe], start: float, precision: float = 0.02, floor: float = 1e-3
+) -> tuple[float, list[Probe]]:
+    """The highest ok rate (0.0 if even ``floor`` misses too much) and every probe made."""
+    probes: list[Probe] = []
+
+    def ok(rate: float) -> bool:
+        result = run(rate)
+        probes.append(result)
+        return result.ok
+
+    low, high = start, start
+    if ok(start):
+        high = start * 2
+        while ok(high):
+            low, high = high, high * 2
+    else:
+        low = start / 2
+        while not ok(low):
+            if low < floor:
+                return 0.0, probes
+            high, low = low, low / 2
+    while high / low > 1 + precision:
+        middle = math.sqrt(low * high)
+        if ok(middle):
+            low = middle
+        else:
+            high = middle
+    return low, probes
+
+
+def split_round_robin(requests: Sequence[Request], replicas: int) -> list[list[Request]]:
+    return [list(requests[i::replicas]) for i in range(replicas)]
+
+
+def group_misses(setup: SimSetup, requests: Sequence[Request], replicas: int) -> tuple[int, list[SimResult]]:
+    """Misses of ``replicas`` copies of ``setup`` sharing ``requests`` round-robin (stops once over budget)."""
+    budget = math.floor(MISS_BUDGET * len(requests))
+    misses = 0
+    results = []
+    for share in split_round_robin(requests, replicas):
+        result = simulate(setup, share, stop_after_misses=budget - misses)
+        results.append(result)
+        misses += result.misses
+        if misses > budget:
+            break
+    return misses, results
+
+
+def replicas_needed(setup: SimSetup, requests: Sequence[Request], limit: int = 256) -> int:
+    """The fewest replicas of ``setup`` that keep misses of ``requests`` within 1% (doubling, then bisection)."""
+    if not requests:
+        return 0
+    budget = math.floor(MISS_BUDGET * len(requests))
+
+    def ok(replicas: int) -> bool:
+        return group_misses(setup, requests, replicas)[0] <= budget
+
+    high = 1
+    while not ok(high):
+        if high >= limit:
+            raise ValueError(f"more than {limit} replicas would be needed")
+        high *= 2
+    low = high // 2  # not ok (or 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if ok(middle):
+            high = middle
+        else:
+            low = middle
+    return high

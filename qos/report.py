@@ -1,0 +1,103 @@
+"""Summaries of a simulation: the JSON object and the human table.
+
+Per tier: ``count`` (requests that arrived), ``completed``, ``rejected``
+(never fit the KV cache), ``relegated`` (ever relegated), TTFT / TBT / TTLT
+percentiles in seconds (TBT over every gap between consecutive tokens),
+``violation_pct`` (share missing the primary target: TTFT for interactive,
+TTLT for batch; rejected requests count as misses) and
+``tbt_violation_pct`` (share with any token after its TBT deadline,
+reported apart as the paper does). Overall: the same violation shares,
+``throughput_tokens_per_s`` (prefill plus decode tokens computed, per
+simulated second), ``mean_step_tokens`` and ``steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .simulator import SimResult
+
+QUANTILES = (50, 95, 99)
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default) of sorted values."""
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 4) if whole else 0.0
+
+
+def summarize(result: SimResult) -> dict:
+    tiers = {}
+    total = misses = tbt_misses = 0
+    for name, record in result.tiers.items():
+        outcomes = record.outcomes
+        count = len(outcomes) + record.rejected
+        missed = sum(o.missed for o in outcomes) + record.rejected
+        tbt_missed = sum("tbt" in o.violations for o in outcomes)
+        entry: dict = {
+            "count": count,
+            "completed": len(outcomes),
+            "rejected": record.rejected,
+            "relegated": result.stats.tiers[name].relegated_total,
+        }
+        series = {
+            "ttft": sorted(o.ttft for o in outcomes if o.ttft is not None),
+            "tbt": sorted(record.tbts),
+            "ttlt": sorted(o.ttlt for o in outcomes if o.ttlt is not None),
+        }
+        for metric, values in series.items():
+            for q in QUANTILES:
+                entry[f"{metric}_p{q}"] = _round(percentile(values, q))
+        entry["violation_pct"] = _pct(missed, count)
+        entry["tbt_violation_pct"] = _pct(tbt_missed, len(outcomes))
+        tiers[name] = entry
+        total += count
+        misses += missed
+        tbt_misses += tbt_missed
+    return {
+        "tiers": tiers,
+        "requests": total,
+        "violation_pct": _pct(misses, total),
+        "tbt_violation_pct": _pct(tbt_misses, total),
+        "throughput_tokens_per_s": round(result.tokens / result.end_time, 3) if result.end_time else 0.0,
+        "mean_step_tokens": round(result.tokens / result.steps, 3) if result.steps else 0.0,
+        "steps": result.steps,
+        "simulated_seconds": round(result.end_time, 3),
+    }
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_table(summary: dict) -> str:
+    """A fixed-width table, one row per tier, then the overall line."""
+    columns = ["count", "completed", "relegated", "violation_pct", "tbt_violation_pct",
+               "ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "ttlt_p50", "ttlt_p99"]  # fmt: skip
+    headers = ["tier", *(c.replace("_violation_pct", " viol%").replace("violation_pct", "viol%") for c in columns)]
+    rows = [[name, *(_cell(entry[c]) for c in columns)] for name, entry in summary["tiers"].items()]
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [headers, *rows]]
+    lines.append(
+        f"overall: {summary['requests']} requests, {summary['violation_pct']:.2f}% missed their target "
+        f"({summary['tbt_violation_pct']:.2f}% a TBT deadline), {summary['throughput_tokens_per_s']:.0f} tokens/s, "
+        f"{summary['mean_step_tokens']:.0f} tokens/step over {summary['steps']} steps, "
+        f"{summary['simulated_seconds']:.0f} s simulated"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,390 @@
+"""The scheduler core every policy shares: queues, KV memory, step building.
+
+One step (``schedule``):
+1. Relegate queued requests predicted to miss (Niyama's eager relegation).
+2. Make room for every running decode to grow by one token, preempting under
+   KV pressure (decodes are never stalled to make room for prefills).
+3. Emit one decode chunk per running decode.
+4. Size the prefill budget: fixed, or dynamic from the decode slack.
+5. Fill it with prefill chunks: partial prefills and queued requests in
+   priority order, then relegated requests with whatever is left.
+
+``on_step`` then advances the counters of the plan's requests. The engine
+loop and the simulator drive it the same way; nothing in here reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from itertools import chain, islice
+
+from .chunking import dynamic_step_tokens
+from .config import TierConfig
+from .deadlines import first_token_deadline, token_pace
+from .errors import AdmissionError, DuplicateRequestError, RequestTooLargeError
+from .kv_blocks import BlockAllocator, blocks_for
+from .load import LoadTracker
+from .plan import Chunk, Plan, StepResult, StepShape
+from .policy import PolicyConfig, policy_config
+from .predictor import LatencyPredictor
+from .preemption import kv_victim, may_wait
+from .queues import TierQueues
+from .relegation import choose_relegations
+from .request import Request
+from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
+from .stats import SchedulerStats, TierStats
+from .tiers import apply_overrides
+
+
+class Scheduler:
+    def __init__(
+        self, config: PolicyConfig, tiers: TierConfig, allocator: BlockAllocator, predictor: LatencyPredictor
+    ) -> None:
+        self.config = config
+        self.tiers = tiers
+        self.allocator = allocator
+        self.predictor = predictor
+        self._tier_index = {name: index for index, name in enumerate(tiers.names)}
+        ranks = tiers.relegation_ranks()
+        self._ranks = [ranks[name] for name in tiers.names]
+        self._queues = TierQueues(len(tiers.tiers), self._ranks)
+        self._states: dict[str, RequestState] = {}
+        self._prefilling: dict[str, RequestState] = {}
+        self._decoding: dict[str, RequestState] = {}
+        self._pending: tuple[Plan, list[RequestState], bool] | None = None
+        self._arrivals = itertools.count()
+        self._admissions = itertools.count()
+        self._max_step = config.chunk_sizes[-1] if config.dynamic_chunking else config.token_budget
+        rate = config.initial_prefill_rate or self._largest_step_rate()
+        self.load = LoadTracker(
+            rate, config.prefill_rate_decay, config.alpha, config.alpha_levels, config.hybrid_priority, config.adaptive_alpha
+        )
+        self._relegated_total = [0] * len(tiers.tiers)
+        self._relegated_alive = [0] * len(tiers.tiers)
+        self._preempted_total = [0] * len(tiers.tiers)
+        self.steps = 0
+
+    def _largest_step_rate(self) -> float:
+        """Prefill tokens/s of a step that is all prefill at the largest size: the rate's starting guess."""
+        size = self._max_step
+        return size / self.predictor.predict_parts(size, 0, 0, size)
+
+    # -- requests in and out -------------------------------------------------
+
+    def add(self, request: Request, now: float) -> None:
+        """Queue a request. Raises an ``AdmissionError`` (HTTP 422) if it can never be served.
+
+        ``UnknownTierError`` for an unknown tier, ``SloOverrideError`` for a
+        loosened or foreign target, ``RequestTooLargeError`` when its prompt
+        plus max new tokens exceed the whole KV cache,
+        ``DuplicateRequestError`` for a known id, ``AdmissionError`` for
+        non-positive lengths. Deadlines count from ``request.arrival``; ``now``
+        is not needed for that and is accepted for the protocol's symmetry.
+        """
+        if request.id in self._states:
+            raise DuplicateRequestError(f"request {request.id!r} is already scheduled")
+        tier = self.tiers.tier(request.tier)
+        if request.prompt_len < 1 or request.max_new_tokens < 1:
+            raise AdmissionError(
+                f"request {request.id!r}: prompt length and max new tokens must be at least 1, "
+                f"got {request.prompt_len} and {request.max_new_tokens}"
+            )
+        targets = apply_overrides(tier, request.ttft, request.tbt, request.ttlt)
+        total = request.prompt_len + request.max_new_tokens
+        if blocks_for(total, self.allocator.block_size) > self.allocator.num_blocks:
+            raise RequestTooLargeError(
+                f"request {request.id!r} needs {total} tokens of KV cache (prompt {request.prompt_len} + "
+                f"max new tokens {request.max_new_tokens}) but the cache holds {self.allocator.capacity_tokens}"
+            )
+        seconds_per_token = self.config.batch_seconds_per_token
+        deadline = first_token_deadline(
+            request.arrival, targets, request.max_new_tokens, tier.expected_output_tokens, seconds_per_token
+        )
+        index = self._tier_index[tier.name]
+        state = RequestState(
+            request, index, self._ranks[index], tier.interactive, targets, deadline,
+            token_pace(targets, seconds_per_token), next(self._arrivals),
+        )  # fmt: skip
+        self._states[request.id] = state
+        self._queues.push(state, self._key(state))
+
+    def finish(self, request_id: str) -> None:
+        """Release a request (EOS, stop sequence, disconnect, error): idempotent, unknown ids ignored."""
+        state = self._states.get(request_id)
+        if state is None:
+            return
+        if state.phase is QUEUED:
+            self._queues.remove(state)
+        self._release(state)
+
+    def _release(self, state: RequestState) -> None:
+        self.allocator.free(state.id)
+        if state.phase is PREFILLING:
+            del self._prefilling[state.id]
+        elif state.phase is DECODING:
+            del self._decoding[state.id]
+        if state.relegated:
+            self._relegated_alive[state.tier_index] -= 1
+        state.phase = DONE
+        del self._states[state.id]
+
+    def _key(self, state: RequestState) -> float:
+        """Queue priority, lower first: arrival (FCFS), next deadline (EDF), plus alpha x work (hybrid)."""
+        if self.config.ordering == "arrival":
+            return state.request.arrival
+        if state.relegated:
+            return state.next_deadline
+        return state.next_deadline + self.load.alpha * state.remaining
+
+    # -- one step --------------------------------------------------------------
+
+    def schedule(self, now: float) -> Plan:
+        """The next step. Calling it again before ``on_step`` discards the previous plan (its work is redone)."""
+        preempted: list[str] = []
+        if self.config.relegation:
+            self._relegate(now)
+        self._relieve_decode_pressure(preempted)
+        while True:
+            chunks, states, tables, shape, saturated = self._build(now)
+            if chunks or not self._prefilling:
+                break
+            # Partial prefills wedged on memory with nothing else running: one gives way.
+            self._preempt(kv_victim(self._prefilling.values(), self.config.importance_preemption), preempted)
+        plan = Plan(tuple(chunks), tables, tuple(preempted), shape, self.predictor.predict(shape) if chunks else 0.0)
+        self._pending = (plan, states, saturated)
+        return plan
+
+    def _build(self, now: float) -> tuple[list[Chunk], list[RequestState], dict, StepShape, bool]:
+        chunks: list[Chunk] = []
+        states = list(self._decoding.values())
+        tables: dict[str, tuple[int, ...]] = {}
+        decode_context = 0
+        earliest = math.inf
+        for state in states:
+            start = state.computed
+            if start >= state.capacity:
+                self._grow(state, start + 1)
+            chunks.append(Chunk(state.id, start, 1, True, True))
+            tables[state.id] = state.table
+            decode_context += start + 1
+            # Every interactive decode bounds the step, relegated ones too: a request that
+            # missed its first token should not stutter as well (this cost no goodput).
+            if state.interactive:
+                due = state.anchor + state.generated * state.pace
+                if due < earliest:
+                    earliest = due
+        decodes = len(chunks)
+        prefill = prefill_context = 0
+        saturated = False
+        limit = self._max_step - decodes
+        candidates = self._candidates(now, limit) if limit > 0 else []
+        if candidates:
+            budget = self._prefill_budget(now, decodes, decode_context, earliest, candidates[0].computed)
+            admitting = True
+            for state in candidates:
+                if budget <= 0:
+                    break
+                if state.phase is QUEUED:
+                    admitting = admitting and self._may_admit(state)
+                    if not admitting:
+                        continue
+                take = min(state.remaining, budget, self._affordable(state))
+                if take <= 0:
+                    continue
+                start = state.computed
+                end = start + take
+                if end > state.capacity:
+                    self._grow(state, end)
+                if state.phase is QUEUED:
+                    self._admit(state)
+                chunks.append(Chunk(state.id, start, take, end == state.known, False))
+                states.append(state)
+                tables[state.id] = state.table
+                prefill += take
+                prefill_context += end
+                budget -= take
+            saturated = budget <= 0
+        return chunks, states, tables, StepShape(prefill, decodes, decode_context, prefill_context), saturated
+
+    def _candidates(self, now: float, limit: int) -> list[RequestState]:
+        """Prefill candidates in serving order, enough to cover ``limit`` tokens of work."""
+        partials = list(self._prefilling.values())
+        if self.config.selective_preemption and partials:
+            rate = self.load.prefill_rate
+            urgent = [s for s in partials if not may_wait(s, now, rate, limit)]
+            waiting = sorted(((self._key(s), s.seq, s) for s in partials if may_wait(s, now, rate, limit)))
+            queued = ((s.entry[0], s.seq, s) for s in self._queues.ordered())
+            order = chain(urgent, (entry[2] for entry in heapq.merge(waiting, queued)))
+        else:
+            order = chain(partials, self._queues.ordered())
+        picked: list[RequestState] = []
+        work = 0
+        for state in chain(order, self._queues.relegated_ordered()):
+            picked.append(state)
+            work += state.remaining
+            if work >= limit:
+                break
+        return picked
+
+    def _prefill_budget(self, now: float, decodes: int, decode_context: int, earliest: float, offset: int) -> int:
+        config = self.config
+        if not config.dynamic_chunking:
+            return config.token_budget - decodes
+        low_memory = self.allocator.num_free < config.low_kv_fraction * self.allocator.num_blocks
+        total = dynamic_step_tokens(
+            self.predictor.predict_parts,
+            config.chunk_sizes,
+            config.safety_margin,
+            None if earliest == math.inf else earliest - now,
+            decodes,
+            decode_context,
+            offset,
+            config.low_kv_step_tokens if low_memory else None,
+        )
+        return total - decodes
+
+    # -- memory ----------------------------------------------------------------
+
+    def _may_admit(self, state: RequestState) -> bool:
+        """Start (or restart) a queued request only if its whole known context fits beside the running ones.
+
+        Partial prefills' outstanding blocks and a small watermark stay
+        reserved, so newcomers do not strand the requests already started.
+        """
+        running = len(self._decoding) + len(self._prefilling)
+        if not running:
+            return True
+        if self.config.max_running is not None and running >= self.config.max_running:
+            return False
+        size = self.allocator.block_size
+        reserved = sum(blocks_for(s.known, size) - len(s.table) for s in self._prefilling.values())
+        watermark = math.ceil(self.config.kv_watermark * self.allocator.num_blocks)
+        return self.allocator.num_free >= blocks_for(state.known, size) + reserved + watermark
+
+    def _affordable(self, state: RequestState) -> int:
+        """Tokens ``state`` can compute now with the blocks it holds and the free ones."""
+        return state.capacity + self.allocator.num_free * self.allocator.block_size - state.computed
+
+    def _grow(self, state: RequestState, end: int) -> None:
+        state.table = self.allocator.grow(state.id, end)
+        state.capacity = len(state.table) * self.allocator.block_size
+
+    def _admit(self, state: RequestState) -> None:
+        self._queues.remove(state)
+        state.phase = PREFILLING
+        state.admitted_seq = next(self._admissions)
+        self._prefilling[state.id] = state
+
+    def _relieve_decode_pressure(self, preempted: list[str]) -> None:
+        """Preempt until every running decode can take its next position (each needs at most one block)."""
+        while len(self._decoding) > self.allocator.num_free:
+            needed = sum(1 for s in self._decoding.values() if s.computed >= s.capacity)
+            if needed <= self.allocator.num_free:
+                return
+            running = chain(self._decoding.values(), self._prefilling.values())
+            self._preempt(kv_victim(running, self.config.importance_preemption), preempted)
+
+    def _preempt(self, state: RequestState, preempted: list[str]) -> None:
+        """Take a running request's blocks back; it is queued again and recomputed later."""
+        self.allocator.free(state.id)
+        if state.phase is DECODING:
+            del self._decoding[state.id]
+        else:
+            del self._prefilling[state.id]
+        state.table = ()
+        state.capacity = 0
+        state.computed = 0
+        state.phase = QUEUED
+        self._queues.push(state, self._key(state))
+        self._preempted_total[state.tier_index] += 1
+        preempted.append(state.id)
+
+    def _relegate(self, now: float) -> None:
+        window = list(islice(self._queues.ordered(), self.config.relegation_window))
+        if not window:
+            return
+        ahead = sum(s.remaining for s in self._prefilling.values())
+        for state in choose_relegations(window, now, self.load.prefill_rate, ahead):
+            self._queues.remove(state)
+            state.relegated = True
+            self._queues.push(state, self._key(state))
+            self._relegated_total[state.tier_index] += 1
+            self._relegated_alive[state.tier_index] += 1
+
+    # -- results -----------------------------------------------------------------
+
+    def on_step(self, result: StepResult, now: float) -> list[str]:
+        """Advance the last plan's requests; the ids that reached max new tokens (already released).
+
+        Every sampling chunk of the plan produced one token (the token ids in
+        ``result`` are the router's business); requests finished while the
+        step ran are skipped. ``result.seconds`` trains the predictor.
+        """
+        if self._pending is None:
+            return []
+        plan, states, saturated = self._pending
+        self._pending = None
+        finished: list[str] = []
+        for chunk, state in zip(plan.chunks, states):
+            if state.phase is DONE:
+                continue
+            state.computed = chunk.start + chunk.length
+            if not chunk.sample:
+                continue
+            state.generated += 1
+            if state.generated == 1:
+                state.anchor = max(state.first_deadline, now)
+            if state.generated >= state.max_new:
+                finished.append(state.id)
+                self._release(state)
+            elif state.phase is PREFILLING:
+                del self._prefilling[state.id]
+                state.phase = DECODING
+                self._decoding[state.id] = state
+        self.steps += 1
+        self.predictor.observe(plan.shape, result.seconds)
+        if self.load.observe(plan.shape.prefill_tokens, result.seconds, saturated):
+            self._queues.rekey(self._key)
+        return finished
+
+    def stats(self) -> SchedulerStats:
+        count = len(self.tiers.tiers)
+        prefilling = [0] * count
+        running = [0] * count
+        for state in self._prefilling.values():
+            prefilling[state.tier_index] += 1
+        for state in self._decoding.values():
+            running[state.tier_index] += 1
+        per_tier = {
+            name: TierStats(
+                self._queues.depth(i) + self._queues.relegated_depth(i), self._relegated_alive[i],
+                prefilling[i], running[i], self._relegated_total[i], self._preempted_total[i],
+            )  # fmt: skip
+            for i, name in enumerate(self.tiers.names)
+        }
+        return SchedulerStats(
+            policy=self.config.name,
+            tiers=per_tier,
+            queued=len(self._queues),
+            relegated=sum(self._relegated_alive),
+            prefilling=len(self._prefilling),
+            running=len(self._decoding),
+            relegated_total=sum(self._relegated_total),
+            preempted_total=sum(self._preempted_total),
+            free_blocks=self.allocator.num_free,
+            total_blocks=self.allocator.num_blocks,
+            block_size=self.allocator.block_size,
+            alpha=self.load.alpha,
+            prefill_rate=self.load.prefill_rate,
+            predictor_error=self.predictor.error,
+            steps=self.steps,
+        )
+
+
+def make_scheduler(
+    policy: str, tiers: TierConfig, allocator: BlockAllocator, predictor: LatencyPredictor, **options: object
+) -> Scheduler:
+    """A scheduler running ``policy`` (fcfs, edf, niyama) with PolicyConfig ``options`` on top."""
+    return Scheduler(policy_config(policy, **options), tiers, allocator, predictor)
