@@ -152,6 +152,7 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         generation = self._generations.pop(request_id, None)
         self.core.abort(request_id)
+        self._wake.set()  # an idle loop settles the worker
         if generation is not None and not generation.done:
             generation._fail("the request was cancelled", self.clock())
             self._report(generation)
@@ -160,6 +161,7 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         while True:
             if not self.core.has_work:
+                self.core.settle()
                 self._wake.clear()
                 await self._wake.wait()
                 continue

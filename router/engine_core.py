@@ -96,13 +96,17 @@ class EngineCore:
         if request_id in self._registered:
             self._to_remove.add(request_id)
 
-    def prepare(self) -> tuple[Plan, StepOutputs]:
-        """Bring the worker up to date and plan the next step (requests the worker refuses fail here)."""
-        outputs = StepOutputs()
+    def settle(self) -> None:
+        """Unregister finished requests from the worker; only call it while no step is running."""
         for request_id in self._to_remove:
             self.worker.remove_sequence(request_id)
             self._registered.discard(request_id)
         self._to_remove.clear()
+
+    def prepare(self) -> tuple[Plan, StepOutputs]:
+        """Bring the worker up to date and plan the next step (requests the worker refuses fail here)."""
+        outputs = StepOutputs()
+        self.settle()
         for request_id, request in self._to_register.items():
             try:
                 self.worker.add_sequence(request_id, list(request.prompt_ids), request.params)
@@ -130,6 +134,7 @@ class EngineCore:
             if reason is not None:
                 self.abort(token.request_id)
             outputs.tokens.append(TokenOutput(token.request_id, token, reason))
+        self.settle()
         return outputs
 
     def fail(self, plan: Plan, error: BaseException) -> StepOutputs:
@@ -139,6 +144,7 @@ class EngineCore:
             if chunk.request_id in self._live:
                 outputs.failed[chunk.request_id] = f"{type(error).__name__}: {error}"
                 self.abort(chunk.request_id)
+        self.settle()
         return outputs
 
     def step(self) -> StepOutputs:
