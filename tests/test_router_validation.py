@@ -49,7 +49,8 @@ PARAMETER_RULES = [
     ({"top_n_tokens": 6}, "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
     ({"truncate": 0}, "`truncate` must be strictly positive and less than 512. Given: 0"),
     ({"truncate": 513}, "`truncate` must be strictly positive and less than 512. Given: 513"),
-    ({"max_new_tokens": 999}, "`inputs` tokens + `max_new_tokens` must be <= 1000. Given: 2 `inputs` tokens and 999 `max_new_tokens`"),
+    ({"max_new_tokens": 999},
+     "`inputs` tokens + `max_new_tokens` must be <= 1000. Given: 2 `inputs` tokens and 999 `max_new_tokens`"),
     ({"grammar": {"type": "json", "value": {"properties": {}}}}, "grammar is not supported"),
     ({"grammar": {"type": "regex", "value": "a+"}}, "grammar is not supported"),
 ]  # fmt: skip
