@@ -4,8 +4,8 @@
 `TokenEvent`s: the token's own text (TGI's `token.text`), the new *visible*
 text (special tokens left out, stop-sequence candidates held back) and the
 finish reason. `token_batches` drives it over a live `Generation`, hands out
-whatever is ready in one batch (a slow reader gets one write per batch, not
-per token), and closes the generation when a stop sequence matched, so its KV
+whatever is ready in one batch (at most one batch per 5 ms: when tokens come
+faster, one write carries several), and closes the generation when a stop sequence matched, so its KV
 blocks are freed at once. The formatters (`tgi_format`, `openai_format`) only
 turn events into JSON.
 
@@ -17,6 +17,7 @@ generations are aborted by the stream's own cleanup.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ from .tokenizer import TextTokenizer
 
 STOP_SEQUENCE = "stop_sequence"
 KEEPALIVE_SECONDS = 15.0
+# A stream writes at most once per interval. Each write is a system call
+# (~15 us); when tokens come faster than this (a small model, a fast GPU) they
+# go out together, and a token is delayed by at most the interval, far below
+# any time-between-tokens target.
+MIN_BATCH_INTERVAL = 0.005
 KEEPALIVE = b":\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -98,8 +104,12 @@ async def token_batches(generation: Generation, pipeline: TokenPipeline) -> Asyn
     the request. Closing this iterator early aborts the generation.
     """
     finished = False
+    last_batch = 0.0
     try:
         while True:
+            wait = last_batch + MIN_BATCH_INTERVAL - time.monotonic()
+            if wait > 0:  # tokens come faster than a reader needs them: collect a few, one write for all
+                await asyncio.sleep(wait)
             outputs = generation.take_ready()
             if not outputs:
                 try:
@@ -112,6 +122,7 @@ async def token_batches(generation: Generation, pipeline: TokenPipeline) -> Asyn
                     finished = True
                     return
                 outputs += generation.take_ready()
+            last_batch = time.monotonic()
             events = []
             for output in outputs:
                 event = pipeline.push(output)
