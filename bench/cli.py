@@ -7,13 +7,14 @@ import sys
 
 BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
+    "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
 }
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
         lines = ["usage: niyama bench <name> [options]", "", "benchmarks:"]
-        lines += [f"  {name:<8} {summary}" for name, (_, summary) in BENCHMARKS.items()]
+        lines += [f"  {name:<16} {summary}" for name, (_, summary) in BENCHMARKS.items()]
         known = not argv or argv[0] in ("-h", "--help")
         print("\n".join(lines), file=sys.stdout if known else sys.stderr)
         return 0 if known else 2

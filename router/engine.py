@@ -79,9 +79,26 @@ class Generation:
             raise StopAsyncIteration
         return item
 
-    async def aclose(self) -> None:
+    def take_ready(self) -> list[TokenOutput]:
+        """The outputs already delivered, without waiting: a consumer that fell behind sends them in one write."""
+        ready = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _END:
+                self._queue.put_nowait(_END)  # the end marker is always last: put back, it stays last
+                break
+            ready.append(item)
+        return ready
+
+    async def aclose(self, finish_reason: str | None = None) -> None:
+        """Abort: the request's KV blocks are freed at once.
+
+        With a ``finish_reason`` (the router matched a stop sequence) the
+        generation ends as finished with that reason; without one (a client
+        that left) it ends as cancelled.
+        """
         if not self.done:
-            self.engine.abort(self.request_id)
+            self.engine.abort(self.request_id, finish_reason)
 
     def _push(self, output: TokenOutput, now: float) -> None:
         self.timing.token_times.append(now)
@@ -134,6 +151,11 @@ class AsyncEngine:
     def in_flight(self) -> int:
         return len(self._generations)
 
+    @property
+    def running(self) -> bool:
+        """The loop task is alive (health checks): started, and neither crashed nor closed."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="niyama-engine-loop")
 
@@ -149,12 +171,16 @@ class AsyncEngine:
         self._wake.set()
         return generation
 
-    def abort(self, request_id: str) -> None:
+    def abort(self, request_id: str, finish_reason: str | None = None) -> None:
         generation = self._generations.pop(request_id, None)
         self.core.abort(request_id)
         self._wake.set()  # an idle loop settles the worker
         if generation is not None and not generation.done:
-            generation._fail("the request was cancelled", self.clock())
+            if finish_reason is None:
+                generation._fail("the request was cancelled", self.clock())
+            else:
+                generation.finish_reason = finish_reason
+                generation._end(self.clock())
             self._report(generation)
 
     async def _run(self) -> None:

@@ -1,0 +1,102 @@
+"""`create_app`: the Starlette app around one engine, with every route of the TGI contract.
+
+The app owns the engine's lifetime: the loop starts with the app (inside the
+running event loop, as `AsyncEngine` requires) and, at shutdown, running
+requests get `shutdown_grace_seconds` to finish before the rest fail with an
+in-stream error. `begin_shutdown` starts that drain early, when the signal
+arrives, so streams end while the server still waits for its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from niyama.qos.config import TierConfig
+
+from . import errors, info_routes, openai_routes, tgi_routes
+from .engine import AsyncEngine
+from .engine_core import EngineCore
+from .inference import Inference
+from .metrics import Metrics
+from .settings import ServerSettings
+from .state import ServerState
+from .tokenizer import TextTokenizer
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def counted(handler: Handler) -> Handler:
+    """A generation route whose failures (before its answer starts) count in `tgi_request_failure{err}`."""
+
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as error:
+            request.app.state.niyama.metrics.request_failed(errors.from_exception(error).error_type)
+            raise
+
+    return route
+
+
+ROUTES = [
+    Route("/", counted(tgi_routes.compat_generate), methods=["POST"]),
+    Route("/generate", counted(tgi_routes.generate), methods=["POST"]),
+    Route("/generate_stream", counted(tgi_routes.generate_stream), methods=["POST"]),
+    Route("/tokenize", tgi_routes.tokenize, methods=["POST"]),
+    Route("/invocations", tgi_routes.invocations, methods=["POST"]),
+    Route("/v1/chat/completions", counted(openai_routes.chat_completions), methods=["POST"]),
+    Route("/v1/completions", counted(openai_routes.completions), methods=["POST"]),
+    Route("/chat_tokenize", openai_routes.chat_tokenize, methods=["POST"]),
+    Route("/v1/models", openai_routes.models, methods=["GET"]),
+    Route("/", info_routes.health, methods=["GET"]),
+    Route("/health", info_routes.health, methods=["GET"]),
+    Route("/ping", info_routes.health, methods=["GET"]),
+    Route("/info", info_routes.info, methods=["GET"]),
+    Route("/metrics", info_routes.metrics, methods=["GET"]),
+    Route("/api-doc/openapi.json", info_routes.openapi, methods=["GET"]),
+    Route("/docs", info_routes.docs, methods=["GET"]),
+]
+
+
+def create_app(
+    core: EngineCore,
+    tokenizer: TextTokenizer,
+    tiers: TierConfig,
+    settings: ServerSettings,
+    *,
+    shutdown_grace_seconds: float = 30.0,
+) -> Starlette:
+    metrics = Metrics(tiers, settings.max_input_tokens, settings.max_total_tokens)
+    engine = AsyncEngine(core, observer=metrics)
+    state = ServerState(settings, tokenizer, tiers, engine, metrics, Inference(engine, tokenizer, settings, metrics))
+    draining: list[asyncio.Task] = []
+
+    def begin_shutdown() -> None:
+        """Stop taking requests now; running ones get the grace period, then fail with a clear error."""
+        if not draining:
+            draining.append(asyncio.get_running_loop().create_task(engine.drain(shutdown_grace_seconds)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            begin_shutdown()
+            await draining[0]
+            await engine.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    errors.install(app)
+    app.state.niyama = state
+    app.state.begin_shutdown = begin_shutdown
+    return app

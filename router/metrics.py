@@ -1,0 +1,198 @@
+"""/metrics: TGI's series under TGI's names, and Niyama's per-tier QoS series beside them.
+
+One `Metrics` per app, each with its own prometheus_client registry (never
+the global one), so several apps can live in one process (tests). It is the
+engine's `EngineObserver` (batch series from `step_done`, per-tier SLO
+outcomes from `request_done`, counted with `qos.slo` exactly as the simulator
+counts them) and the routes report each HTTP request's timings to it.
+Scheduler state (queue depth, relegations, KV blocks, predictor error) is read
+from `scheduler.stats()` at scrape time.
+
+TGI's counters carry no `_total` suffix (metrics-rs names), which
+prometheus_client cannot express, so those few are rendered here by hand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from niyama.qos.config import TierConfig
+from niyama.qos.plan import Plan, StepResult
+from niyama.qos.slo import OBJECTIVES, evaluate
+from niyama.qos.stats import SchedulerStats
+from niyama.qos.tiers import apply_overrides
+
+from .engine import Generation
+
+DURATION_BUCKETS = tuple(0.00015 * 1.5**n for n in range(35))  # TGI: 35 geometric buckets from 0.1 ms x 1.5
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PlainCounter:
+    """A counter rendered under its exact name (`tgi_request_count`, not `..._total`)."""
+
+    def __init__(self, name: str, documentation: str, label: str | None = None) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values: dict[str, float] = defaultdict(float)
+
+    def inc(self, label_value: str = "", amount: float = 1.0) -> None:
+        self.values[label_value] += amount
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} counter"]
+        if self.label is None:
+            lines.append(f"{self.name} {self.values['']}")
+        else:
+            lines += [f'{self.name}{{{self.label}="{value}"}} {count}' for value, count in sorted(self.values.items())]
+        return "\n".join(lines) + "\n"
+
+
+def _linear(limit: int) -> tuple[float, ...]:
+    return tuple(limit / 100 * (x + 1) for x in range(100))
+
+
+class Metrics:
+    def __init__(self, tiers: TierConfig, max_input_tokens: int, max_total_tokens: int) -> None:
+        self.tiers = tiers
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.request_count = PlainCounter("tgi_request_count", "Total number of requests")
+        self.request_success = PlainCounter("tgi_request_success", "Number of successful requests")
+        self.request_failure = PlainCounter("tgi_request_failure", "Number of failed requests", "err")
+        self.batch_count = PlainCounter("tgi_batch_inference_count", "Inference calls per method", "method")
+        self.batch_success = PlainCounter("tgi_batch_inference_success", "Successful inference calls", "method")
+        self.batch_failure = PlainCounter("tgi_batch_inference_failure", "Failed inference calls", "method")
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str, buckets=DURATION_BUCKETS, labels: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.queue_size = gauge("tgi_queue_size", "Current queue size")
+        self.batch_current_size = gauge("tgi_batch_current_size", "Current batch size")
+        self.batch_current_max_tokens = gauge("tgi_batch_current_max_tokens", "KV tokens held by the current batch")
+        self.batch_max_total_tokens = gauge("tgi_batch_max_total_tokens", "KV cache capacity in tokens")
+        self.request_duration = histogram("tgi_request_duration", "Total time spent processing the request")
+        self.validation_duration = histogram("tgi_request_validation_duration", "Time spent validating the request")
+        self.queue_duration = histogram("tgi_request_queue_duration", "Time spent in the queue per request")
+        self.inference_duration = histogram("tgi_request_inference_duration", "Request inference duration")
+        self.time_per_token = histogram("tgi_request_mean_time_per_token_duration", "Mean time per token")
+        self.input_length = histogram("tgi_request_input_length", "Input tokens per request", _linear(max_input_tokens))
+        self.generated_tokens = histogram(
+            "tgi_request_generated_tokens", "Generated tokens per request", _linear(max_total_tokens)
+        )
+        self.max_new_tokens = histogram(
+            "tgi_request_max_new_tokens", "Maximum new tokens per request", _linear(max_total_tokens)
+        )
+        self.batch_duration = histogram("tgi_batch_inference_duration", "Batch inference duration", labels=("method",))
+        self.forward_duration = histogram(
+            "tgi_batch_forward_duration", "Batch forward duration per method", labels=("method",)
+        )
+        self.batch_next_size = histogram("tgi_batch_next_size", "Batch size of the next batch", tuple(range(1, 1025)))
+
+        self.tier_requests = Counter(
+            "niyama_tier_requests", "Requests ended, per QoS tier and outcome", ("tier", "outcome"), registry=registry
+        )
+        self.slo_evaluated = Counter("niyama_slo_evaluated", "Finished requests whose SLOs were checked", ("tier",),
+                                     registry=registry)  # fmt: skip
+        self.slo_met = Counter("niyama_slo_met", "Finished requests that met every objective", ("tier",),
+                               registry=registry)  # fmt: skip
+        self.slo_violations = Counter(
+            "niyama_slo_violations",
+            "SLO violations by objective (ttft, tbt, ttlt)",
+            ("tier", "kind"),
+            registry=registry,
+        )
+        self.slo_attainment = gauge(
+            "niyama_slo_attainment", "Share of finished requests that met their SLOs", ("tier",)
+        )
+        self.queue_depth = gauge("niyama_queue_depth", "Requests waiting for compute, per tier", ("tier",))
+        self.running = gauge("niyama_running", "Requests prefilling or decoding, per tier", ("tier",))
+        self.relegated = gauge("niyama_relegated", "Relegated requests not yet finished, per tier", ("tier",))
+        self.predictor_error = gauge("niyama_predictor_error", "Latency predictor's mean absolute percentage error")
+        self.kv_free = gauge("niyama_kv_blocks_free", "Free KV cache blocks")
+        self.kv_total = gauge("niyama_kv_blocks_total", "KV cache blocks")
+        self._slo_counts: dict[str, list[int]] = {tier: [0, 0] for tier in tiers.names}  # evaluated, met
+        for tier in tiers.names:
+            self.slo_attainment.labels(tier).set(1.0)
+            for kind in OBJECTIVES:
+                self.slo_violations.labels(tier, kind)
+
+    # -- EngineObserver --------------------------------------------------------
+
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None:
+        method = "prefill" if plan.shape.prefill_tokens else "decode"
+        self.batch_count.inc(method)
+        self.batch_next_size.observe(len(plan.chunks))
+        self.batch_duration.labels(method).observe(seconds)
+        if result is None:
+            self.batch_failure.inc(method)
+            return
+        self.batch_success.inc(method)
+        self.forward_duration.labels(method).observe(result.seconds)
+
+    def request_done(self, generation: Generation) -> None:
+        request, timing = generation.request, generation.timing
+        if generation.finish_reason is None:
+            self.tier_requests.labels(request.tier, "failed").inc()
+            return
+        self.tier_requests.labels(request.tier, "finished").inc()
+        targets = apply_overrides(self.tiers.tier(request.tier), request.ttft, request.tbt, request.ttlt)
+        outcome = evaluate(targets, timing.arrival, timing.token_times)
+        self.slo_evaluated.labels(request.tier).inc()
+        for kind in outcome.violations:
+            self.slo_violations.labels(request.tier, kind).inc()
+        if not outcome.violations:
+            self.slo_met.labels(request.tier).inc()
+        counts = self._slo_counts[request.tier]
+        counts[0] += 1
+        counts[1] += not outcome.violations
+        self.slo_attainment.labels(request.tier).set(counts[1] / counts[0])
+
+    # -- HTTP requests ---------------------------------------------------------
+
+    def request_received(self) -> None:
+        self.request_count.inc()
+
+    def request_failed(self, error_type: str) -> None:
+        self.request_failure.inc(error_type)
+
+    def request_succeeded(
+        self, total: float, validation: float, queue: float, inference: float, input_length: int, generated: int,
+        max_new_tokens: int,
+    ) -> None:  # fmt: skip
+        self.request_success.inc()
+        self.request_duration.observe(total)
+        self.validation_duration.observe(validation)
+        self.queue_duration.observe(queue)
+        self.inference_duration.observe(inference)
+        self.time_per_token.observe(inference / max(generated, 1))
+        self.input_length.observe(input_length)
+        self.generated_tokens.observe(generated)
+        self.max_new_tokens.observe(max_new_tokens)
+
+    # -- scrape ----------------------------------------------------------------
+
+    def render(self, stats: SchedulerStats) -> bytes:
+        self.queue_size.set(stats.queued)
+        self.batch_current_size.set(stats.running + stats.prefilling)
+        self.batch_current_max_tokens.set((stats.total_blocks - stats.free_blocks) * stats.block_size)
+        self.batch_max_total_tokens.set(stats.total_blocks * stats.block_size)
+        self.kv_free.set(stats.free_blocks)
+        self.kv_total.set(stats.total_blocks)
+        self.predictor_error.set(stats.predictor_error if stats.predictor_error is not None else float("nan"))
+        relegations = PlainCounter("niyama_relegations_total", "Requests ever relegated, per tier", "tier")
+        preemptions = PlainCounter("niyama_preemptions_total", "KV-pressure preemptions, per tier", "tier")
+        for tier, tier_stats in stats.tiers.items():
+            self.queue_depth.labels(tier).set(tier_stats.queued)
+            self.running.labels(tier).set(tier_stats.running + tier_stats.prefilling)
+            self.relegated.labels(tier).set(tier_stats.relegated)
+            relegations.inc(tier, tier_stats.relegated_total)
+            preemptions.inc(tier, tier_stats.preempted_total)
+        counters = (
+            self.request_count, self.request_success, self.request_failure, self.batch_count, self.batch_success,
+            self.batch_failure, relegations, preemptions,
+        )  # fmt: skip
+        return "".join(counter.render() for counter in counters).encode() + generate_latest(self.registry)

@@ -1,0 +1,106 @@
+"""OpenAI-shaped bodies: chat completions, text completions, their stream chunks, usage.
+
+The content is the *visible* text: special tokens left out and, as OpenAI
+documents, the stop sequence not included. `finish_reason` is TGI's for the
+OpenAI routes: `stop` for EOS, `length`, or `stop_sequence`. Every chat delta
+carries `"role": "assistant"` and `"tool_calls": null` (text-generation 0.7.0
+requires both).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from .inference import Sequence
+from .streaming import TokenEvent, sse
+from .tokenizer import TextTokenizer
+
+
+def finish_reason(reason: str | None) -> str | None:
+    return "stop" if reason == "eos_token" else reason
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def token_logprob(event: TokenEvent, tokenizer: TextTokenizer) -> dict:
+    return {
+        "token": event.text,
+        "logprob": event.logprob,
+        "top_logprobs": [
+            {"token": tokenizer.token_text(t.token_id), "logprob": t.logprob} for t in event.output.token.top_tokens
+        ],
+    }
+
+
+class OpenAIFormatter:
+    """Bodies for one request: the fields every answer shares are fixed once."""
+
+    def __init__(self, model: str, system_fingerprint: str, tokenizer: TextTokenizer, logprobs: bool = False) -> None:
+        self.model = model
+        self.system_fingerprint = system_fingerprint
+        self.tokenizer = tokenizer
+        self.logprobs = logprobs
+        self.created = int(time.time())
+
+    def _envelope(self, kind: str) -> dict:
+        return {"id": "", "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": self.system_fingerprint}  # fmt: skip
+
+    def chat_completion(self, sequence: Sequence, prompt_tokens: int) -> dict:
+        logprobs = None
+        if self.logprobs:
+            logprobs = {"content": [token_logprob(event, self.tokenizer) for event in sequence.events]}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": sequence.pipeline.visible},
+            "logprobs": logprobs,
+            "finish_reason": finish_reason(sequence.finish_reason),
+        }
+        return {**self._envelope("chat.completion"), "choices": [choice],
+                "usage": usage(prompt_tokens, sequence.generated_tokens)}  # fmt: skip
+
+    def chat_chunks(self, batch: list[TokenEvent]) -> bytes:
+        return b"".join(self.chat_chunk(event) for event in batch)
+
+    def chat_chunk(self, event: TokenEvent) -> bytes:
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": event.delta, "tool_calls": None},
+            "logprobs": {"content": [token_logprob(event, self.tokenizer)]} if self.logprobs else None,
+            "finish_reason": finish_reason(event.finish_reason),
+        }
+        return sse(orjson.dumps({**self._envelope("chat.completion.chunk"), "choices": [choice], "usage": None}))
+
+    def usage_chunk(self, kind: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return sse(
+            orjson.dumps({**self._envelope(kind), "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        )
+
+    def completion(self, sequences: list[Sequence], prompt_tokens: int) -> dict:
+        choices = [
+            {"index": index, "text": sequence.pipeline.visible, "logprobs": None,
+             "finish_reason": finish_reason(sequence.finish_reason)}
+            for index, sequence in enumerate(sequences)
+        ]  # fmt: skip
+        completion_tokens = sum(sequence.generated_tokens for sequence in sequences)
+        return {**self._envelope("text_completion"), "choices": choices,
+                "usage": usage(prompt_tokens, completion_tokens)}  # fmt: skip
+
+    def completion_chunks(self, index: int, batch: list[TokenEvent]) -> bytes:
+        return b"".join(
+            sse(orjson.dumps({**self._envelope("text_completion"), "choices": [
+                {"index": index, "text": event.delta, "logprobs": None,
+                 "finish_reason": finish_reason(event.finish_reason)}]}))
+            for event in batch
+        )  # fmt: skip
+
+
+DONE = b"data: [DONE]\n\n"
