@@ -126,11 +126,12 @@ class EngineCore:
             request = self._live.get(token.request_id)
             if request is None:  # aborted while the step ran
                 continue
+            # As TGI's stopping criteria: the length limit is checked before EOS.
             reason = None
-            if token.token_id in self.eos_token_ids and not request.ignore_eos:
-                reason = "eos_token"
-            elif token.request_id in by_length:
+            if token.request_id in by_length:
                 reason = "length"
+            elif token.token_id in self.eos_token_ids and not request.ignore_eos:
+                reason = "eos_token"
             if reason is not None:
                 self.abort(token.request_id)
             outputs.tokens.append(TokenOutput(token.request_id, token, reason))

@@ -68,6 +68,16 @@ def test_eos_ends_a_request_unless_ignored():
     assert [t for t, _ in seen["goes-on"]] == first and seen["goes-on"][-1][1] == "length"
 
 
+def test_an_eos_that_is_also_the_last_allowed_token_reports_length_as_tgi_does():
+    first = reference_greedy(TINY, PROMPTS[0], 3)
+    core = make_core(eos=frozenset({first[2]}))
+    core.add("a", request(PROMPTS[0], 3), time.monotonic())
+    reasons = []
+    while core.has_work:
+        reasons += [out.finish_reason for out in core.step().tokens]
+    assert reasons == [None, None, "length"]
+
+
 def test_a_request_that_can_never_be_served_is_refused_at_once():
     core = make_core(kv_tokens=64)
     with pytest.raises(UnknownTierError):
