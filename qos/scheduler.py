@@ -16,15 +16,14 @@ loop and the simulator drive it the same way; nothing in here reads a clock.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Iterator
-from itertools import chain, islice
+from itertools import chain, count, islice
 
 from .chunking import dynamic_step_tokens
 from .config import TierConfig
-from .deadlines import first_token_deadline, token_pace
-from .errors import AdmissionError, DuplicateRequestError, RequestTooLargeError
+from .errors import DuplicateRequestError
+from .intake import intake_state
 from .kv_blocks import BlockAllocator, blocks_for
 from .load import LoadTracker
 from .plan import Chunk, Plan, StepResult, StepShape
@@ -36,7 +35,6 @@ from .relegation import choose_relegations
 from .request import Request
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierStats
-from .tiers import apply_overrides
 
 
 class Scheduler:
@@ -47,16 +45,14 @@ class Scheduler:
         self.tiers = tiers
         self.allocator = allocator
         self.predictor = predictor
-        self._tier_index = {name: index for index, name in enumerate(tiers.names)}
-        ranks = tiers.relegation_ranks()
-        self._ranks = [ranks[name] for name in tiers.names]
-        self._queues = TierQueues(len(tiers.tiers), self._ranks)
+        self._rank_of = tiers.relegation_ranks()
+        self._queues = TierQueues(len(tiers.tiers), [self._rank_of[name] for name in tiers.names])
         self._states: dict[str, RequestState] = {}
         self._prefilling: dict[str, RequestState] = {}
         self._decoding: dict[str, RequestState] = {}
         self._pending: tuple[Plan, list[RequestState], bool] | None = None
-        self._arrivals = itertools.count()
-        self._admissions = itertools.count()
+        self._arrivals = count()
+        self._admissions = count()
         self._max_step = config.chunk_sizes[-1] if config.dynamic_chunking else config.token_budget
         rate = config.initial_prefill_rate or self._largest_step_rate()
         self.load = LoadTracker(
@@ -86,28 +82,8 @@ class Scheduler:
         """
         if request.id in self._states:
             raise DuplicateRequestError(f"request {request.id!r} is already scheduled")
-        tier = self.tiers.tier(request.tier)
-        if request.prompt_len < 1 or request.max_new_tokens < 1:
-            raise AdmissionError(
-                f"request {request.id!r}: prompt length and max new tokens must be at least 1, "
-                f"got {request.prompt_len} and {request.max_new_tokens}"
-            )
-        targets = apply_overrides(tier, request.ttft, request.tbt, request.ttlt)
-        total = request.prompt_len + request.max_new_tokens
-        if blocks_for(total, self.allocator.block_size) > self.allocator.num_blocks:
-            raise RequestTooLargeError(
-                f"request {request.id!r} needs {total} tokens of KV cache (prompt {request.prompt_len} + "
-                f"max new tokens {request.max_new_tokens}) but the cache holds {self.allocator.capacity_tokens}"
-            )
-        seconds_per_token = self.config.batch_seconds_per_token
-        deadline = first_token_deadline(
-            request.arrival, targets, request.max_new_tokens, tier.expected_output_tokens, seconds_per_token
-        )
-        index = self._tier_index[tier.name]
-        state = RequestState(
-            request, index, self._ranks[index], tier.interactive, targets, deadline,
-            token_pace(targets, seconds_per_token), next(self._arrivals),
-        )  # fmt: skip
+        seq = next(self._arrivals)
+        state = intake_state(request, self.tiers, self._rank_of, self.allocator, self.config.batch_seconds_per_token, seq)
         self._states[request.id] = state
         self._queues.push(state, self._key(state))
 
