@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from .request import Request
-from .simulator import SimResult, SimSetup, simulate
+from .simulator import SimSetup, simulate
 from .traces import Trace
 from .workload import RatePhase, build_workload
 
@@ -95,32 +95,17 @@ def goodput_search(
     return goodput(run, start)
 
 
-def split_round_robin(requests: Sequence[Request], replicas: int) -> list[list[Request]]:
-    return [list(requests[i::replicas]) for i in range(replicas)]
-
-
-def group_misses(setup: SimSetup, requests: Sequence[Request], replicas: int) -> tuple[int, list[SimResult]]:
-    """Misses of ``replicas`` copies of ``setup`` sharing ``requests`` round-robin (stops once over budget)."""
-    budget = math.floor(MISS_BUDGET * len(requests))
-    misses = 0
-    results = []
-    for share in split_round_robin(requests, replicas):
-        result = simulate(setup, share, stop_after_misses=budget - misses)
-        results.append(result)
-        misses += result.misses
-        if misses > budget:
-            break
-    return misses, results
-
-
 def replicas_needed(setup: SimSetup, requests: Sequence[Request], limit: int = 256) -> int:
-    """The fewest replicas of ``setup`` that keep misses of ``requests`` within 1% (doubling, then bisection)."""
+    """The fewest replicas of ``setup`` that keep misses of ``requests`` within 1% (doubling, then bisection).
+
+    The replicas share the requests by ``setup.routing``.
+    """
     if not requests:
         return 0
     budget = math.floor(MISS_BUDGET * len(requests))
 
     def ok(replicas: int) -> bool:
-        return group_misses(setup, requests, replicas)[0] <= budget
+        return simulate(replace(setup, replicas=replicas), requests, stop_after_misses=budget).misses <= budget
 
     high = 1
     while not ok(high):
@@ -154,8 +139,8 @@ class SiloComparison:
 def silo_vs_shared(setup: SimSetup, requests: Sequence[Request]) -> SiloComparison:
     """Replicas for ``requests`` on one shared pool of ``setup`` vs one EDF group per tier.
 
-    Each tier's group serves only that tier's requests (round-robin over its
-    replicas) with the paper's fixed budget: 256 tokens for interactive
+    Each tier's group serves only that tier's requests (routed over its
+    replicas by ``setup.routing``) with the paper's fixed budget: 256 tokens for interactive
     tiers, 2048 for batch ones. Each group, and the shared pool, must keep
     its own misses within 1%.
     """

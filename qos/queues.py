@@ -10,6 +10,7 @@ at the first few candidates never touches the other ten thousand.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterator
 
 from sortedcontainers import SortedList
@@ -45,6 +46,11 @@ class TierQueues:
         for index in self._relegated_order:
             for entry in self._relegated[index]:
                 yield entry[2]
+
+    def work_before(self, key: float) -> int:
+        """Prefill tokens still to compute of the non-relegated waiting requests keyed at or before ``key``."""
+        bound = (key, math.inf)  # sorts after every entry with this key, so states are never compared
+        return sum(entry[2].remaining for queue in self._active for entry in queue.irange(maximum=bound))
 
     def rekey(self, key_of: Callable[[RequestState], float]) -> None:
         """Recompute every non-relegated key (the priority function changed)."""

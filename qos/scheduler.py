@@ -33,6 +33,7 @@ from .preemption import kv_victim, may_wait
 from .queues import TierQueues
 from .relegation import choose_relegations
 from .request import Request
+from .routing import Outlook
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierStats
 
@@ -62,6 +63,7 @@ class Scheduler:
         self._relegated_alive = [0] * len(tiers.tiers)
         self._preempted_total = [0] * len(tiers.tiers)
         self.steps = 0
+        self._step_rate = (-1, 0.0)  # (steps, rate): the full-step prefill rate, predicted once per step
 
     def _largest_step_rate(self) -> float:
         """Prefill tokens/s of a step that is all prefill at the largest size: the rate's starting guess."""
@@ -106,6 +108,28 @@ class Scheduler:
             self._relegated_alive[state.tier_index] -= 1
         state.phase = DONE
         del self._states[state.id]
+
+    def outlook(self, request: Request, now: float) -> Outlook:
+        """How ``request`` would fare here, without queueing it (the front router's view; see ``routing``).
+
+        Raises the ``AdmissionError`` that ``add`` would raise.
+        """
+        config = self.config
+        state = intake_state(request, self.tiers, self._rank_of, self.allocator, config.batch_seconds_per_token, -1)
+        work = state.remaining + sum(s.remaining for s in self._prefilling.values())
+        work += self._queues.work_before(self._key(state))
+        return Outlook(state.first_deadline, work, self._full_step_rate(now))
+
+    def _full_step_rate(self, now: float) -> float:
+        """Predicted prefill tokens/s of a step as large as the running decodes allow."""
+        if self._step_rate[0] != self.steps:
+            decodes = self._decoding.values()
+            context = sum(s.computed + 1 for s in decodes)
+            earliest = min((s.anchor + s.generated * s.pace for s in decodes if s.interactive), default=math.inf)
+            prefill = max(1, self._prefill_budget(now, len(decodes), context, earliest, 0))
+            seconds = self.predictor.predict_parts(prefill, len(decodes), context, prefill)
+            self._step_rate = (self.steps, prefill / seconds)
+        return self._step_rate[1]
 
     def _key(self, state: RequestState) -> float:
         """Queue priority, lower first: arrival (FCFS), next deadline (EDF), plus alpha x work (hybrid).

@@ -19,6 +19,7 @@ from .config import BUILTIN_CONFIGS, resolve_tier_config
 from .policy import POLICIES
 from .predictor import REFERENCE_MODELS, LatencyPredictor
 from .report import format_table, summarize
+from .routing import ROUTING_POLICIES
 from .simulator import SimSetup, simulate
 from .traces import BUILTIN_TRACES, load_trace
 from .workload import RatePhase, build_workload, parse_mix, parse_rate_schedule
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-model", default="a100-llama3-8b", help=f"{'|'.join(REFERENCE_MODELS)}|PROFILE.json")
     parser.add_argument("--kv-tokens", type=int, default=400_000, help="KV cache capacity in tokens (default 400000)")
     parser.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (default 16)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas sharing the workload (default 1)")
+    parser.add_argument("--routing", default="slack", choices=tuple(ROUTING_POLICIES), help="across replicas (default slack)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--goodput", action="store_true", help="search the highest rate with at most 1%% misses")
@@ -77,13 +80,15 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.policy not in POLICIES:
         raise UsageError(f"unknown policy {args.policy!r}; choose from {', '.join(POLICIES)}")
-    for name, value in (("--duration", args.duration), ("--token-budget", args.token_budget), ("--kv-tokens", args.kv_tokens), ("--block-size", args.block_size)):
+    for name, value in (("--duration", args.duration), ("--token-budget", args.token_budget), ("--kv-tokens", args.kv_tokens), ("--block-size", args.block_size), ("--replicas", args.replicas)):
         if not value > 0:
             raise UsageError(f"{name} must be positive, got {value}")
     if args.rate is not None and not args.rate > 0:
         raise UsageError(f"--rate must be positive, got {args.rate}")
     if args.rate is not None and args.rate_schedule:
         raise UsageError("give --rate or --rate-schedule, not both")
+    if args.silo and args.replicas != 1:
+        raise UsageError("--silo finds the number of replicas itself: leave out --replicas")
     if args.rate_schedule and (args.goodput or args.silo):
         raise UsageError("--rate-schedule applies to a single run, not to --goodput or --silo")
     tiers = resolve_tier_config(args.tiers)
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--without: unknown mechanism {mechanism!r}; choose from {', '.join(MECHANISMS)}")
         options[MECHANISMS[mechanism]] = False
     LatencyPredictor.load(args.latency_model)  # fail fast on a bad profile, before any simulation
-    setup = SimSetup(tiers, args.policy, args.latency_model, args.kv_tokens, args.block_size, options)
+    setup = SimSetup(tiers, args.policy, args.latency_model, args.kv_tokens, args.block_size, options, args.replicas, args.routing)
     poisson = args.arrivals == "poisson" or trace.times is None
     rate = args.rate or (None if poisson else trace.native_rate)
     if args.goodput:
@@ -109,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         return run_silo(args, setup, requests, config)
     with tqdm(total=len(requests), unit="req", desc=args.policy, disable=True if args.json else None, file=sys.stderr, leave=False) as bar:
         result = simulate(setup, requests, progress=bar.update)
-    summary = {"config": config, **summarize(result)}
+    summary = {"config": config, **summarize(result), "routed": list(result.routed)}
     print(json.dumps(summary) if args.json else format_table(summary))
+    if not args.json and args.replicas > 1:
+        print(f"requests per replica ({args.routing}): {', '.join(map(str, result.routed))}")
     return 0
 
 
@@ -121,6 +128,7 @@ def describe(args: argparse.Namespace, tiers, mix, poisson: bool, rate: float | 
         "tiers": tiers.source, "mix": [round(m, 6) for m in mix], "policy": args.policy,
         "without": args.without or None, "token_budget": args.token_budget,
         "latency_model": args.latency_model, "kv_tokens": args.kv_tokens, "block_size": args.block_size,
+        "replicas": args.replicas, "routing": args.routing,
     }  # fmt: skip
 
 
@@ -150,6 +158,6 @@ def run_silo(args, setup: SimSetup, requests, config: dict) -> int:
     else:
         per_tier = ", ".join(f"{name} {count}" for name, count in result.silo.items())
         print(f"siloed: {result.silo_total} replicas ({per_tier}; budgets 256 interactive, 2048 batch, edf)")
-        print(f"shared ({args.policy}): {result.shared} replicas")
+        print(f"shared ({args.policy}): {result.shared} replicas (routing: {args.routing})")
         print(f"the shared deployment needs {result.silo_total - result.shared} fewer replicas ({result.saving_pct:.1f}%)")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -33,3 +33,30 @@ class SchedulerStats:
     prefill_rate: float  # estimated prefill tokens per second
     predictor_error: float | None  # mean absolute percentage error (fraction) of recent predictions
     steps: int
+
+
+def combine_stats(parts: Sequence[SchedulerStats]) -> SchedulerStats:
+    """Several replicas' schedulers as one: counts summed, rates and errors averaged (a cluster's view)."""
+    first = parts[0]
+    tiers = {
+        name: TierStats(*(sum(getattr(p.tiers[name], f) for p in parts) for f in TierStats.__slots__))
+        for name in first.tiers
+    }
+    errors = [p.predictor_error for p in parts if p.predictor_error is not None]
+    return SchedulerStats(
+        policy=first.policy,
+        tiers=tiers,
+        queued=sum(p.queued for p in parts),
+        relegated=sum(p.relegated for p in parts),
+        prefilling=sum(p.prefilling for p in parts),
+        running=sum(p.running for p in parts),
+        relegated_total=sum(p.relegated_total for p in parts),
+        preempted_total=sum(p.preempted_total for p in parts),
+        free_blocks=sum(p.free_blocks for p in parts),
+        total_blocks=sum(p.total_blocks for p in parts),
+        block_size=first.block_size,
+        alpha=sum(p.alpha for p in parts) / len(parts),
+        prefill_rate=sum(p.prefill_rate for p in parts),
+        predictor_error=sum(errors) / len(errors) if errors else None,
+        steps=sum(p.steps for p in parts),
+    )

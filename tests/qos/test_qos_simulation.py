@@ -7,7 +7,7 @@ import json
 import pytest
 
 from niyama.qos import simulate_cli
-from niyama.qos.capacity import Probe, goodput, split_round_robin
+from niyama.qos.capacity import Probe, goodput
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.errors import TraceError
 from niyama.qos.report import percentile
@@ -123,10 +123,6 @@ def test_goodput_bisects_to_two_percent():
     assert probes_seen[:3] == [1.0, 2.0, 4.0]
     assert [p.rate for p in probes] == probes_seen
     assert goodput(lambda r: Probe(r, 100, 50), 1.0)[0] == 0.0
-
-
-def test_round_robin_split():
-    assert split_round_robin(list(range(7)), 3) == [[0, 3, 6], [1, 4], [2, 5]]
 
 
 def run_cli(capsys, *argv):
