@@ -76,13 +76,18 @@ class LatencyPredictor:
             raise ProfileError(f"{path}: cannot read latency profile: {exc.strerror or exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ProfileError(f"{path}: not valid JSON: {exc}") from None
-        samples = parse_samples(data, str(path))
+        return cls.from_profile_data(data, str(path), path.stem, path.name)
+
+    @classmethod
+    def from_profile_data(cls, data: object, source: str, label: str, origin: str) -> LatencyPredictor:
+        """Fit the model to a profile already read (a remote worker sends its own as data)."""
+        samples = parse_samples(data, source)
         try:
             breakpoints, segments = fit_piecewise(samples)
         except ValueError as exc:
-            raise ProfileError(f"{path}: {exc}") from None
-        label = data.get("model", path.stem) if isinstance(data, dict) else path.stem
-        return cls(PiecewiseModel(breakpoints, segments), f"{label} ({path.name})")
+            raise ProfileError(f"{source}: {exc}") from None
+        label = data.get("model", label) if isinstance(data, dict) else label
+        return cls(PiecewiseModel(breakpoints, segments), f"{label} ({origin})")
 
     @classmethod
     def load(cls, spec: str) -> LatencyPredictor:

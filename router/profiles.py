@@ -9,40 +9,13 @@ The predictor then keeps correcting itself online from the steps it sees.
 
 from __future__ import annotations
 
-import json
-import logging
-import re
-import time
-from pathlib import Path
-
 from niyama.qos.predictor import LatencyPredictor
-from niyama.worker.loading import LoadedModel, cache_root
-from niyama.worker.profile import QUICK, device_name, run_profile
-
-log = logging.getLogger("niyama.serve")
-
-
-def profile_path(loaded: LoadedModel) -> Path:
-    dtype = str(loaded.dtype).removeprefix("torch.")
-    key = f"{loaded.path.name}-{device_name(loaded.device)}-{dtype}"
-    return cache_root() / "profiles" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json")
+from niyama.worker.loading import LoadedModel
+from niyama.worker.profile import cached_profile
 
 
 def startup_predictor(spec: str | None, loaded: LoadedModel) -> LatencyPredictor:
     """``spec`` (a reference name or a profile JSON), else the cached profile of this model and device."""
     if spec is not None:
         return LatencyPredictor.load(spec)
-    path = profile_path(loaded)
-    if not path.is_file():
-        log.info("no latency profile for this model and device yet: profiling now (quick grid), once")
-        started = time.monotonic()
-        profile = run_profile(loaded, QUICK, progress=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        staging.write_text(json.dumps(profile, indent=1) + "\n")
-        staging.replace(path)
-        log.info("profiled %d step shapes in %.0f s; cached in %s", len(profile["samples"]),
-                 time.monotonic() - started, path)  # fmt: skip
-    else:
-        log.info("latency profile: %s (cached)", path)
-    return LatencyPredictor.from_profile(path)
+    return LatencyPredictor.from_profile(cached_profile(loaded))

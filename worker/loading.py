@@ -156,6 +156,17 @@ def eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset([ids] if isinstance(ids, int) else ids)
 
 
+def load_tokenizer(model_id: str | None = None):
+    """Only the tokenizer of ``model_id`` (a front process whose model runs elsewhere); converts a GGUF once."""
+    from transformers import AutoTokenizer
+
+    _, path = resolve_checkpoint(model_id)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {type(error).__name__}: {error}") from error
+
+
 def load_model(model_id: str | None = None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

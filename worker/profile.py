@@ -13,9 +13,13 @@ import argparse
 import datetime
 import itertools
 import json
+import logging
+import os
 import platform
+import re
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +30,11 @@ from niyama.qos.kv_blocks import blocks_for
 from niyama.qos.plan import Chunk, Plan, StepShape
 
 from .kv_cache import size_cache
-from .loading import LoadedModel, ModelLoadError, load_model
+from .loading import LoadedModel, ModelLoadError, cache_root, load_model
 from .runner import ModelRunner
 from .sampling import SamplingParams
+
+log = logging.getLogger("niyama.profile")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,30 @@ def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -
         "grid": "quick" if grid == QUICK else "full",
         "samples": samples,
     }
+
+
+def profile_path(loaded: LoadedModel) -> Path:
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    key = f"{loaded.path.name}-{device_name(loaded.device)}-{dtype}"
+    return cache_root() / "profiles" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + ".json")
+
+
+def cached_profile(loaded: LoadedModel) -> Path:
+    """The quick profile of this model on this device: measured on first use, then read from the cache."""
+    path = profile_path(loaded)
+    if path.is_file():
+        log.info("latency profile: %s (cached)", path)
+        return path
+    log.info("no latency profile for this model and device yet: profiling now (quick grid), once")
+    started = time.monotonic()
+    profile = run_profile(loaded, QUICK, progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(profile, indent=1) + "\n")
+    staging.replace(path)
+    log.info("profiled %d step shapes in %.0f s; cached in %s", len(profile["samples"]),
+             time.monotonic() - started, path)  # fmt: skip
+    return path
 
 
 def main(argv: list[str]) -> int:

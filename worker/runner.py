@@ -32,6 +32,21 @@ class SequenceError(ValueError):
     """A request the worker cannot accept (empty prompt, beyond the model's context...)."""
 
 
+class WorkerLost(RuntimeError):
+    """The worker is gone (its process or node died), with every sequence and KV block it held."""
+
+
+def check_prompt(prompt_ids: list[int], max_context: int, vocab_size: int) -> None:
+    """Raise `SequenceError` for a prompt no step could run; a remote worker's client checks it locally too."""
+    if not prompt_ids:
+        raise SequenceError("the prompt is empty")
+    if len(prompt_ids) >= max_context:
+        raise SequenceError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {max_context} tokens")
+    bad = next((t for t in prompt_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise SequenceError(f"token id {bad} is outside the vocabulary (size {vocab_size})")
+
+
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, cache_spec: KVCacheSpec) -> None:
         self.loaded = loaded
@@ -47,15 +62,7 @@ class ModelRunner:
         """Register a request before it appears in a plan; returns the seed it samples with (None if greedy)."""
         if request_id in self.sequences:
             raise SequenceError(f"request {request_id!r} is already registered")
-        if not prompt_ids:
-            raise SequenceError("the prompt is empty")
-        if len(prompt_ids) >= self.loaded.max_context:
-            raise SequenceError(
-                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.loaded.max_context} tokens"
-            )
-        bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise SequenceError(f"token id {bad} is outside the vocabulary (size {self.vocab_size})")
+        check_prompt(prompt_ids, self.loaded.max_context, self.vocab_size)
         sampler = RequestSampler(params, self.device)
         logprobs = [None] if params.prompt_logprobs else None
         self.sequences[request_id] = Sequence(request_id, list(prompt_ids), len(prompt_ids), sampler, logprobs)
