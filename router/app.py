@@ -26,6 +26,7 @@ from .engine import AsyncEngine
 from .engine_core import EngineCore
 from .inference import Inference
 from .metrics import Metrics
+from .replicas import ReplicaSet
 from .settings import ServerSettings
 from .state import ServerState
 from .tokenizer import TextTokenizer
@@ -68,15 +69,16 @@ ROUTES = [
 
 
 def create_app(
-    core: EngineCore,
+    core: EngineCore | Callable[[Metrics], ReplicaSet],
     tokenizer: TextTokenizer,
     tiers: TierConfig,
     settings: ServerSettings,
     *,
     shutdown_grace_seconds: float = 30.0,
 ) -> Starlette:
+    """The app around one engine core, or around the replica set ``core(metrics)`` builds (`--replicas`)."""
     metrics = Metrics(tiers, settings.max_input_tokens, settings.max_total_tokens)
-    engine = AsyncEngine(core, observer=metrics)
+    engine = AsyncEngine(core, observer=metrics) if isinstance(core, EngineCore) else core(metrics)
     state = ServerState(settings, tokenizer, tiers, engine, metrics, Inference(engine, tokenizer, settings, metrics))
     draining: list[asyncio.Task] = []
 

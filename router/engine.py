@@ -159,12 +159,15 @@ class AsyncEngine:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="niyama-engine-loop")
 
-    def submit(self, request: GenerationRequest) -> Generation:
-        """Queue a request (on the event loop); raises the scheduler's AdmissionError or EngineStopping."""
+    def submit(self, request: GenerationRequest, arrival: float | None = None) -> Generation:
+        """Queue a request (on the event loop); raises the scheduler's AdmissionError or EngineStopping.
+
+        ``arrival`` (default now) keeps a request's deadlines when it moves here from a failed replica.
+        """
         if not self.accepting:
             raise EngineStopping("the server is shutting down")
         request_id = f"req-{next(self._ids)}"
-        arrival = self.clock()
+        arrival = self.clock() if arrival is None else arrival
         request = self.core.add(request_id, request, arrival)
         generation = Generation(self, request_id, request, arrival)
         self._generations[request_id] = generation

@@ -9,6 +9,7 @@ from .errors import HEALTHCHECK, ApiError, json_response
 from .intake import server
 from .metrics import CONTENT_TYPE
 from .openapi import SWAGGER_PAGE, openapi_document
+from .replicas import ReplicaSet
 
 
 async def health(request: Request) -> Response:
@@ -20,7 +21,12 @@ async def health(request: Request) -> Response:
 
 
 async def info(request: Request) -> Response:
-    return json_response(server(request).settings.info())
+    """TGI's fields; with several replicas, also how many there are and how many serve now."""
+    state = server(request)
+    body = state.settings.info()
+    if isinstance(state.engine, ReplicaSet):
+        body.update(state.engine.describe())
+    return json_response(body)
 
 
 async def metrics(request: Request) -> Response:

@@ -27,6 +27,7 @@ from niyama.qos.config import resolve_tier_config
 from niyama.qos.errors import ProfileError, QosConfigError
 from niyama.qos.kv_blocks import BlockAllocator
 from niyama.qos.policy import CHUNK_SIZES, POLICIES
+from niyama.qos.routing import ROUTING_POLICIES
 from niyama.qos.scheduler import make_scheduler
 from niyama.worker.kv_cache import size_cache
 from niyama.worker.loading import DTYPES, ModelLoadError, load_model
@@ -72,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get at shutdown")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--replicas", type=int, default=1, help="model replicas, each with its own scheduler (on Ray)")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default with --replicas: a local one)")
+    p.add_argument("--routing", default="slack", choices=sorted(ROUTING_POLICIES), help="across replicas")
     return p  # fmt: skip
 
 
@@ -110,6 +114,10 @@ class _Server(uvicorn.Server):
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas > 1 or args.ray_address:
+        from .replica_serve import serve_replicas  # imports ray, which only this mode needs
+
+        return serve_replicas(args)
     started = time.monotonic()
     try:
         tiers = resolve_tier_config(args.qos_config)
@@ -118,39 +126,56 @@ def main(argv: list[str]) -> int:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
     spec = size_cache(loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=args.max_batch_total_tokens)
-    max_total = args.max_total_tokens or min(loaded.max_context, spec.capacity_tokens)
-    max_input = args.max_input_tokens or max_total - 1
     try:
-        settings = ServerSettings(
-            model_id=loaded.model_id, max_input_tokens=max_input, max_total_tokens=max_total,
-            max_concurrent_requests=args.max_concurrent_requests, max_best_of=args.max_best_of,
-            max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
-            max_client_batch_size=args.max_client_batch_size, api_key=args.api_key, compute_type=loaded.device.type,
-        )  # fmt: skip
-        if max_total > loaded.max_context:
-            raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({loaded.max_context})")
+        settings = server_settings(args, loaded.model_id, loaded.max_context, spec.capacity_tokens, loaded.device.type)
         predictor = startup_predictor(args.latency_profile, loaded)
     except (ValueError, ProfileError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
-    options: dict[str, object] = {}
-    if args.max_batch_prefill_tokens:
-        budget = args.max_batch_prefill_tokens
-        options = {"token_budget": budget, "chunk_sizes": tuple(s for s in CHUNK_SIZES if s <= budget) or (budget,)}
     scheduler = make_scheduler(
-        args.policy, tiers, BlockAllocator(spec.num_blocks, spec.block_size), predictor, **options
+        args.policy, tiers, BlockAllocator(spec.num_blocks, spec.block_size), predictor, **scheduler_options(args)
     )
     core = EngineCore(scheduler, ModelRunner(loaded, spec), loaded.eos_token_ids, time.monotonic)
     app = create_app(core, TextTokenizer(loaded.tokenizer), tiers, settings, shutdown_grace_seconds=args.grace_period)
-    for line in (
+    return run_app(app, args, started, (
         f"model: {loaded.model_id} ({loaded.dtype}, {loaded.path})",
         f"device: {loaded.device}; KV cache: {spec.capacity_tokens} tokens ({spec.num_blocks} blocks of "
-        f"{spec.block_size}); max input/total tokens: {max_input}/{max_total}",
+        f"{spec.block_size}); max input/total tokens: {settings.max_input_tokens}/{settings.max_total_tokens}",
         f"QoS: policy {args.policy}, tiers {', '.join(tiers.names)} (default {tiers.default}; {tiers.source}); "
         f"latency model: {predictor.name}",
-        f"ready in {time.monotonic() - started:.1f} s: http://{args.hostname}:{args.port} (API: /docs)",
-    ):
+    ))  # fmt: skip
+
+
+def server_settings(
+    args: argparse.Namespace, model_id: str, max_context: int, cache_tokens: int, compute_type: str
+) -> ServerSettings:
+    """The HTTP layer's limits from the flags and the served model (ValueError when they contradict)."""
+    max_total = args.max_total_tokens or min(max_context, cache_tokens)
+    max_input = args.max_input_tokens or max_total - 1
+    settings = ServerSettings(
+        model_id=model_id, max_input_tokens=max_input, max_total_tokens=max_total,
+        max_concurrent_requests=args.max_concurrent_requests, max_best_of=args.max_best_of,
+        max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
+        max_client_batch_size=args.max_client_batch_size, api_key=args.api_key, compute_type=compute_type,
+    )  # fmt: skip
+    if max_total > max_context:
+        raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({max_context})")
+    return settings
+
+
+def scheduler_options(args: argparse.Namespace) -> dict[str, object]:
+    """PolicyConfig options from the flags: `--max-batch-prefill-tokens` caps every step."""
+    if not args.max_batch_prefill_tokens:
+        return {}
+    budget = args.max_batch_prefill_tokens
+    return {"token_budget": budget, "chunk_sizes": tuple(s for s in CHUNK_SIZES if s <= budget) or (budget,)}
+
+
+def run_app(app, args: argparse.Namespace, started: float, lines: tuple[str, ...]) -> int:
+    """Log what is served, then serve ``app`` until SIGTERM/SIGINT (0 after a drained shutdown)."""
+    for line in lines:
         log.info(line)
+    log.info("ready in %.1f s: http://%s:%s (API: /docs)", time.monotonic() - started, args.hostname, args.port)
     config = uvicorn.Config(app, host=args.hostname, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.grace_period + 5)  # fmt: skip
     server = _Server(config, app.state.begin_shutdown)

@@ -1,0 +1,167 @@
+"""Two CPU replicas of the default model on a local Ray cluster, behind one HTTP server.
+
+What a user of `niyama serve --replicas 2` relies on: the same tokens as the
+single-replica server, both replicas taking requests, and a replica whose
+actor is killed mid-stream not taking the service down (its streamed request
+ends with a clear error, later requests succeed, the replica comes back).
+The Ray cluster starts once per session; actors load the model once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import ray
+from router_server import ThreadedServer
+from support import reference_greedy
+
+from niyama.qos.config import builtin_tier_config
+from niyama.qos.kv_blocks import BlockAllocator
+from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.routing import make_routing
+from niyama.qos.scheduler import make_scheduler
+from niyama.router.app import create_app
+from niyama.router.engine_core import EngineCore
+from niyama.router.replica_metrics import replica_engine
+from niyama.router.replica_serve import Placement, RayReplicas
+from niyama.router.settings import ServerSettings
+from niyama.router.tokenizer import TextTokenizer
+from niyama.worker.kv_cache import size_cache
+from niyama.worker.ray_worker import WorkerConfig
+from niyama.worker.runner import ModelRunner
+
+pytestmark = pytest.mark.slow
+
+KV_TOKENS = 4096
+TIERS = builtin_tier_config("default")
+PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea:",
+    "def fibonacci(n):",
+    "Three facts about owls:",
+    "Once upon a time, in a small village,",
+    "The best way to learn a language is",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        object_store_memory=128 * 1024**2,
+    )  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def settings(loaded) -> ServerSettings:
+    return ServerSettings(model_id=loaded.model_id, max_input_tokens=1024, max_total_tokens=2048)
+
+
+@pytest.fixture(scope="module")
+def replicated(ray_cluster, default_model):
+    recipe = RayReplicas(WorkerConfig(kv_cache_tokens=KV_TOKENS, threads=1), Placement(1, 0, 1), TIERS,
+                         latency_profile="a100-llama3-8b")  # fmt: skip
+    parts = asyncio.run(recipe.launch_all(2))
+    engine = replica_engine(parts, recipe.launch, make_routing("slack"))
+    tokenizer = TextTokenizer(default_model.tokenizer)
+    app = create_app(engine, tokenizer, TIERS, settings(default_model), shutdown_grace_seconds=0.0)
+    with ThreadedServer(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def single(default_model):
+    spec = size_cache(default_model.model.config, default_model.dtype, default_model.device, kv_cache_tokens=KV_TOKENS)
+    predictor = LatencyPredictor.reference("a100-llama3-8b")
+    scheduler = make_scheduler("niyama", TIERS, BlockAllocator(spec.num_blocks, spec.block_size), predictor)
+    core = EngineCore(scheduler, ModelRunner(default_model, spec), default_model.eos_token_ids, time.monotonic)
+    app = create_app(core, TextTokenizer(default_model.tokenizer), TIERS, settings(default_model),
+                     shutdown_grace_seconds=0.0)  # fmt: skip
+    with ThreadedServer(app) as server:
+        yield server
+
+
+def generate(url: str, prompt: str, new_tokens: int = 12) -> list[int]:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens, "details": True}}
+    answer = httpx.post(f"{url}/generate", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return [token["id"] for token in answer.json()["details"]["tokens"]]
+
+
+def generate_all(url: str, prompts: list[str], new_tokens: int = 12) -> list[list[int]]:
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(lambda prompt: generate(url, prompt, new_tokens), prompts))
+
+
+def replica_requests(url: str) -> dict[str, float]:
+    """Finished requests per replica, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    counts: dict[str, float] = {}
+    for replica, value in re.findall(
+        r'niyama_replica_requests_total\{outcome="finished",replica="(\d+)",tier="\w+"\} (\S+)', text
+    ):
+        counts[replica] = counts.get(replica, 0.0) + float(value)
+    return counts
+
+
+def metric(url: str, name: str, replica: int) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.search(rf'{name}\{{replica="{replica}"\}} (\S+)', text)
+    return float(found.group(1)) if found else float("nan")
+
+
+def test_two_replicas_give_the_single_replica_servers_tokens_and_share_the_requests(replicated, single, default_model):
+    spread = generate_all(replicated.url, PROMPTS)
+    assert spread == generate_all(single.url, PROMPTS)
+    prompt_ids = default_model.tokenizer(PROMPTS[0])["input_ids"]
+    assert spread[0] == reference_greedy(default_model.model, prompt_ids, 12)
+    counts = replica_requests(replicated.url)
+    assert set(counts) == {"0", "1"} and sum(counts.values()) == len(PROMPTS)
+    info = httpx.get(f"{replicated.url}/info").json()
+    assert (info["replicas"], info["replicas_up"]) == (2, 2)
+
+
+def test_a_killed_replica_does_not_take_the_service_down(replicated, single):
+    replicas = replicated.state.engine
+    events: list[str] = []
+    first_token = threading.Event()
+
+    def stream() -> None:
+        body = {
+            "inputs": "Tell me a very long story about a dragon.",
+            "parameters": {"max_new_tokens": 400, "ignore_eos": True},
+        }
+        with httpx.stream("POST", f"{replicated.url}/generate_stream", json=body, timeout=120) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                    first_token.set()
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    assert first_token.wait(60)
+    victim = next(r for r in replicas.replicas if r.engine.in_flight)
+    ray.kill(victim.parts.worker.actor)
+    streamer.join(120)
+    assert f"replica {victim.index} failed" in events[-1] and '"error_type":"generation"' in events[-1]
+    assert "cannot be resumed" in events[-1]
+    assert httpx.get(f"{replicated.url}/health").status_code == 200
+    assert generate_all(replicated.url, PROMPTS[:3]) == generate_all(single.url, PROMPTS[:3])
+    deadline = time.monotonic() + 180
+    while metric(replicated.url, "niyama_replica_up", victim.index) != 1.0:
+        assert time.monotonic() < deadline, "the killed replica was not restarted"
+        time.sleep(0.5)
+    assert metric(replicated.url, "niyama_replica_restarts_total", victim.index) == 1.0
+    before = replica_requests(replicated.url).get(str(victim.index), 0.0)
+    assert generate_all(replicated.url, PROMPTS) == generate_all(single.url, PROMPTS)
+    assert replica_requests(replicated.url)[str(victim.index)] > before  # routed to again
