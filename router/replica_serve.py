@@ -61,15 +61,18 @@ class Placement:
         return f"{self.num_cpus:g} CPU cores each"
 
 
-def place(replicas: int, resources: dict[str, float]) -> Placement:
-    """One GPU per replica where the cluster has GPUs (all must fit), else an equal share of the cores."""
-    if replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+def place(replicas: int, resources: dict[str, float], gpus_per_replica: int = 1) -> Placement:
+    """``gpus_per_replica`` GPUs per replica where the cluster has GPUs (all must fit), else a share of the cores."""
+    if replicas < 1 or gpus_per_replica < 1:
+        raise ValueError(f"--replicas and --gpus-per-replica must be at least 1, got {replicas}, {gpus_per_replica}")
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        if replicas > gpus:
-            raise ValueError(f"{replicas} replicas need one GPU each; the Ray cluster has {gpus}")
-        return Placement(1, 1, None)
+        if replicas * gpus_per_replica > gpus:
+            raise ValueError(
+                f"{replicas} replicas of {gpus_per_replica} GPU(s) need {replicas * gpus_per_replica} GPUs; "
+                f"the Ray cluster has {gpus}"
+            )
+        return Placement(1, gpus_per_replica, None)
     share = max(1, int(resources.get("CPU", 1)) // replicas)
     return Placement(share, 0, share)
 
@@ -140,11 +143,14 @@ def serve_replicas(args: argparse.Namespace) -> int:
             LatencyPredictor.load(args.latency_profile)  # fail fast, before any actor starts
         tokenizer = load_tokenizer(args.model_id)  # also converts a GGUF once, before the replicas read it
         connect(args.ray_address)
-        placement = place(args.replicas, ray.cluster_resources())
+        placement = place(args.replicas, ray.cluster_resources(), args.gpus_per_replica)
     except (QosConfigError, ModelLoadError, ProfileError, ValueError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
-    worker = WorkerConfig(args.model_id, args.device, args.dtype, args.max_batch_total_tokens, placement.threads)
+    worker = WorkerConfig(
+        args.model_id, args.device, args.dtype, args.max_batch_total_tokens, placement.threads,
+        int(placement.num_gpus) or 1,
+    )  # fmt: skip
     recipe = RayReplicas(worker, placement, tiers, args.policy, scheduler_options(args), args.latency_profile)
     log.info("starting %d replicas on Ray (%s)", args.replicas, placement.describe())
     try:

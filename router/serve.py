@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1, help="model replicas, each with its own scheduler (on Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default with --replicas: a local one)")
     p.add_argument("--routing", default="slack", choices=sorted(ROUTING_POLICIES), help="across replicas")
+    p.add_argument("--gpus-per-replica", type=int, default=1, help="spread one replica over this many GPUs of a host")
     return p  # fmt: skip
 
 
@@ -121,11 +122,14 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         tiers = resolve_tier_config(args.qos_config)
-        loaded = load_model(args.model_id, device=args.device, dtype=args.dtype)
+        loaded = load_model(args.model_id, device=args.device, dtype=args.dtype, gpus=args.gpus_per_replica)
     except (QosConfigError, ModelLoadError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
-    spec = size_cache(loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=args.max_batch_total_tokens)
+    spec = size_cache(
+        loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=args.max_batch_total_tokens,
+        layer_devices=loaded.layer_devices,
+    )  # fmt: skip
     try:
         settings = server_settings(args, loaded.model_id, loaded.max_context, spec.capacity_tokens, loaded.device.type)
         predictor = startup_predictor(args.latency_profile, loaded)

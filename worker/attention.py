@@ -13,7 +13,7 @@ longer chunk runs on its own. Grouped-query heads go to SDPA as they are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,23 @@ class StepAttention:
     decode_rows: torch.Tensor | None = None  # (B,) rows of single-token queries
     decode_blocks: torch.Tensor | None = None  # (B, blocks) each row's blocks, padded with its first
     decode_mask: torch.Tensor | None = None  # (B, 1, 1, blocks * block_size) True on real positions
+    copies: dict[torch.device, StepAttention] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> StepAttention:
+        """This layout on ``device``: a model spread over GPUs reads it on each layer's GPU, copied once per step."""
+        if device == self.write_slots.device:
+            return self
+        if device not in self.copies:
+
+            def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+                return None if tensor is None else tensor.to(device)
+
+            chunks = [ChunkAttention(c.row, c.length, move(c.context_slots), move(c.mask)) for c in self.chunks]
+            self.copies[device] = replace(
+                self, write_slots=move(self.write_slots), chunks=chunks, decode_rows=move(self.decode_rows),
+                decode_blocks=move(self.decode_blocks), decode_mask=move(self.decode_mask), copies={},
+            )  # fmt: skip
+        return self.copies[device]
 
 
 def paged_attention_forward(
@@ -66,8 +83,8 @@ def paged_attention_forward(
             f"the {ATTENTION_NAME!r} attention runs only inside a worker step; "
             "use model.set_attn_implementation('sdpa') for other uses of the model"
         )
-    step = niyama_step
-    cache_k, cache_v = step.keys[module.layer_idx], step.values[module.layer_idx]
+    cache_k, cache_v = niyama_step.keys[module.layer_idx], niyama_step.values[module.layer_idx]
+    step = niyama_step.on(cache_k.device)
     _, heads, tokens, dim = query.shape
     kv_heads = key.shape[1]
 

@@ -31,10 +31,18 @@ class KVCacheSpec:
     device: torch.device
     block_size: int
     num_blocks: int
+    layer_devices: tuple[torch.device, ...] = ()  # per layer, for a model spread over GPUs; else all on device
 
     @property
     def bytes_per_token(self) -> int:
-        return 2 * self.num_layers * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+        return self.num_layers * self.bytes_per_token_layer
+
+    @property
+    def bytes_per_token_layer(self) -> int:
+        return 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def layer_device(self, layer: int) -> torch.device:
+        return self.layer_devices[layer] if self.layer_devices else self.device
 
     @property
     def capacity_tokens(self) -> int:
@@ -73,28 +81,42 @@ def size_cache(
     block_size: int = DEFAULT_BLOCK_SIZE,
     kv_cache_tokens: int | None = None,
     memory_fraction: float | None = None,
+    layer_devices: tuple[torch.device, ...] = (),
 ) -> KVCacheSpec:
-    """Choose the number of blocks: exactly ``kv_cache_tokens`` if given, else a share of free memory."""
+    """Choose the number of blocks: exactly ``kv_cache_tokens`` if given, else a share of free memory.
+
+    With ``layer_devices`` (a model spread over GPUs) each layer's cache goes
+    to its layer's device, and the device with the least room per token sets
+    the size.
+    """
     layers, kv_heads, head_dim = kv_shape_of(config)
-    spec = KVCacheSpec(layers, kv_heads, head_dim, dtype, device, block_size, num_blocks=1)
+    spec = KVCacheSpec(layers, kv_heads, head_dim, dtype, device, block_size, 1, layer_devices)
     if kv_cache_tokens is not None:
         if kv_cache_tokens < block_size:
             raise ValueError(f"kv cache of {kv_cache_tokens} tokens is smaller than one block ({block_size})")
         num_blocks = kv_cache_tokens // block_size
     else:
-        if device.type == "cuda":
-            budget = free_memory_bytes(device) * (memory_fraction or CUDA_MEMORY_FRACTION)
-        else:
-            budget = min(free_memory_bytes(device) * (memory_fraction or CPU_MEMORY_FRACTION), CPU_MAX_CACHE_BYTES)
-        num_blocks = int(budget // (spec.bytes_per_token * block_size))
+        placed = layer_devices or (device,) * layers
+        num_blocks = min(
+            int(_budget(where, memory_fraction) // (placed.count(where) * spec.bytes_per_token_layer * block_size))
+            for where in set(placed)
+        )
     if num_blocks < 1:
         raise RuntimeError(f"no memory left on {device} for a KV cache ({spec.bytes_per_token} bytes per token)")
-    return KVCacheSpec(layers, kv_heads, head_dim, dtype, device, block_size, num_blocks)
+    return KVCacheSpec(layers, kv_heads, head_dim, dtype, device, block_size, num_blocks, layer_devices)
+
+
+def _budget(device: torch.device, memory_fraction: float | None) -> float:
+    """Bytes the cache may take on ``device``."""
+    if device.type == "cuda":
+        return free_memory_bytes(device) * (memory_fraction or CUDA_MEMORY_FRACTION)
+    return min(free_memory_bytes(device) * (memory_fraction or CPU_MEMORY_FRACTION), CPU_MAX_CACHE_BYTES)
 
 
 class PagedKVCache:
     def __init__(self, spec: KVCacheSpec) -> None:
         self.spec = spec
         shape = (spec.num_slots, spec.kv_heads, spec.head_dim)
-        self.keys = [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for _ in range(spec.num_layers)]
-        self.values = [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for _ in range(spec.num_layers)]
+        places = [spec.layer_device(layer) for layer in range(spec.num_layers)]
+        self.keys = [torch.zeros(shape, dtype=spec.dtype, device=where) for where in places]
+        self.values = [torch.zeros(shape, dtype=spec.dtype, device=where) for where in places]

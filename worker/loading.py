@@ -39,6 +39,7 @@ class LoadedModel:
     dtype: torch.dtype
     eos_token_ids: frozenset[int]
     max_context: int
+    layer_devices: tuple[torch.device, ...] = ()  # per decoder layer, when spread over GPUs (placement.py)
 
 
 def cache_root() -> Path:
@@ -167,28 +168,39 @@ def load_tokenizer(model_id: str | None = None):
         raise ModelLoadError(f"could not load the tokenizer in {path}: {type(error).__name__}: {error}") from error
 
 
-def load_model(model_id: str | None = None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load_model(
+    model_id: str | None = None, *, device: str | None = None, dtype: str | None = None, gpus: int = 1
+) -> LoadedModel:
+    """The model on ``device``, or balanced over the first ``gpus`` GPUs (one replica, several GPUs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .placement import PlacementError, layer_devices, spread_placement
 
     display_id, path = resolve_checkpoint(model_id)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
+        placement = {"device_map": str(resolved_device)} if gpus == 1 else spread_placement(gpus)
+    except PlacementError as error:
+        raise ModelLoadError(str(error)) from None
+    try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolved_dtype, device_map=str(resolved_device), attn_implementation="sdpa"
+            path, dtype=resolved_dtype, attn_implementation="sdpa", **placement
         )
     except Exception as error:
         raise ModelLoadError(f"could not load the checkpoint in {path}: {type(error).__name__}: {error}") from error
     model.eval()
     config = model.config.get_text_config()
+    spread = gpus > 1
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_id=display_id,
         path=path,
-        device=resolved_device,
+        device=model.get_input_embeddings().weight.device if spread else resolved_device,
         dtype=resolved_dtype,
         eos_token_ids=eos_ids(model, tokenizer),
         max_context=int(getattr(config, "max_position_embeddings", 0) or tokenizer.model_max_length),
+        layer_devices=layer_devices(model) if spread else (),
     )

@@ -89,7 +89,10 @@ def time_step(runner: ModelRunner, prefill: int, decodes: int, context: int, rep
 def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -> dict:
     points = shapes(grid, loaded.max_context)
     longest = max(max(p, c) for p, _, c in points)
-    spec = size_cache(loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=2 * longest + 64)
+    spec = size_cache(
+        loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=2 * longest + 64,
+        layer_devices=loaded.layer_devices,
+    )  # fmt: skip
     runner = ModelRunner(loaded, spec)
     time_step(runner, min(grid.prefill_tokens[1:] or (1,)), 1, min(grid.contexts), 1)  # warm-up
     samples = []

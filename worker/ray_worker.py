@@ -43,6 +43,7 @@ class WorkerConfig:
     dtype: str = "auto"
     kv_cache_tokens: int | None = None  # None: a share of the free memory where the actor runs
     threads: int | None = None  # torch CPU threads: replicas on one host split its cores
+    gpus: int = 1  # more than 1: the model is spread over the actor's GPUs (placement.py)
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ class WorkerActor:
     def __init__(self, config: WorkerConfig) -> None:
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.loaded = load_model(config.model_id, device=config.device, dtype=config.dtype)
-        loaded = self.loaded
-        spec = size_cache(loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=config.kv_cache_tokens)
+        self.loaded = loaded = load_model(config.model_id, device=config.device, dtype=config.dtype, gpus=config.gpus)
+        spec = size_cache(
+            loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=config.kv_cache_tokens,
+            layer_devices=loaded.layer_devices,
+        )  # fmt: skip
         self.runner = ModelRunner(loaded, spec)
 
     def info(self) -> WorkerInfo:

@@ -55,6 +55,8 @@ class ModelRunner:
         self.model.set_attn_implementation(ATTENTION_NAME)
         self.spec = cache_spec
         self.cache = PagedKVCache(cache_spec)
+        # A step's time counts until every GPU it ran on is done (several when the model is spread).
+        self._devices = sorted({d for d in (self.device, *cache_spec.layer_devices) if d.type == "cuda"}, key=str)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.sequences: dict[str, Sequence] = {}
 
@@ -86,8 +88,8 @@ class ModelRunner:
                 niyama_step=layout.attention,
             ).logits[0]
             tokens = self._sample(layout, logits)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        for device in self._devices:
+            torch.cuda.synchronize(device)
         return StepResult(tuple(tokens), time.perf_counter() - started)
 
     def _check(self, plan: Plan) -> None:
