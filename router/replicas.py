@@ -177,8 +177,8 @@ class ReplicaSet:
 
     @property
     def running(self) -> bool:
-        """At least one replica serves."""
-        return any(replica.up for replica in self.replicas)
+        """At least one replica's engine loop is alive (liveness; `accepting` says whether it takes requests)."""
+        return any(r.engine is not None and not r.failed and r.engine.running for r in self.replicas)
 
     @property
     def in_flight(self) -> int:

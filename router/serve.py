@@ -6,7 +6,8 @@ latency predictor (`--latency-profile`, else a cached quick profile of this
 model on this device), the scheduler and engine, then uvicorn. SIGTERM or
 SIGINT stops taking connections and starts the engine's drain at once:
 running requests get `--grace-period` seconds, the rest end with an in-stream
-error, and the process exits 0.
+error, and the process exits 0. With `--replicas N` (or `--ray-address`) the
+models run in Ray actors behind a front router instead (`replica_serve.py`).
 """
 
 from __future__ import annotations
