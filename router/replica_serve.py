@@ -2,10 +2,11 @@
 
 This process keeps the HTTP server, the tokenizer, and every replica's
 scheduler and engine loop; each replica's model and KV cache live in a Ray
-actor (`worker.ray_worker`). Ray places the actors: one GPU per replica where
-the cluster has GPUs, else an equal share of the CPU cores (torch threads set
-to match). With no `--ray-address` a local Ray cluster is started; with one,
-the replicas go wherever that cluster has room, on any node. Each replica's
+actor (`worker.ray_worker`). Ray places the actors with the resources
+`ray_placement.place` asks for: one GPU per replica where the cluster has
+GPUs, else an equal share of the CPU cores (torch threads set to match).
+With no `--ray-address` a local Ray cluster is started; with one, the
+replicas go wherever that cluster has room, on any node. Each replica's
 latency predictor comes from `--latency-profile`, else from the quick profile
 its actor measures once per model and device (cached on that node).
 """
@@ -35,6 +36,7 @@ from niyama.worker.loading import ModelLoadError, load_tokenizer
 from niyama.worker.ray_worker import RemoteWorker, WorkerConfig, launch
 
 from .app import create_app
+from .ray_placement import Placement, place
 from .replica_metrics import replica_engine
 from .replicas import ReplicaParts
 from .serve import run_app, scheduler_options, server_settings
@@ -45,36 +47,6 @@ log = logging.getLogger("niyama.serve")
 
 class ReplicaStartError(RuntimeError):
     """A replica's actor could not load its model; the message carries the actor's own error."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The Ray resources of one replica's actor."""
-
-    num_cpus: float
-    num_gpus: float
-    threads: int | None  # torch CPU threads, for CPU replicas
-
-    def describe(self) -> str:
-        if self.num_gpus:
-            return f"{self.num_gpus:g} GPU each"
-        return f"{self.num_cpus:g} CPU cores each"
-
-
-def place(replicas: int, resources: dict[str, float], gpus_per_replica: int = 1) -> Placement:
-    """``gpus_per_replica`` GPUs per replica where the cluster has GPUs (all must fit), else a share of the cores."""
-    if replicas < 1 or gpus_per_replica < 1:
-        raise ValueError(f"--replicas and --gpus-per-replica must be at least 1, got {replicas}, {gpus_per_replica}")
-    gpus = int(resources.get("GPU", 0))
-    if gpus:
-        if replicas * gpus_per_replica > gpus:
-            raise ValueError(
-                f"{replicas} replicas of {gpus_per_replica} GPU(s) need {replicas * gpus_per_replica} GPUs; "
-                f"the Ray cluster has {gpus}"
-            )
-        return Placement(1, gpus_per_replica, None)
-    share = max(1, int(resources.get("CPU", 1)) // replicas)
-    return Placement(share, 0, share)
 
 
 def connect(address: str | None) -> None:
@@ -143,7 +115,8 @@ def serve_replicas(args: argparse.Namespace) -> int:
             LatencyPredictor.load(args.latency_profile)  # fail fast, before any actor starts
         tokenizer = load_tokenizer(args.model_id)  # also converts a GGUF once, before the replicas read it
         connect(args.ray_address)
-        placement = place(args.replicas, ray.cluster_resources(), args.gpus_per_replica)
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        placement = place(args.replicas, nodes, args.gpus_per_replica)
     except (QosConfigError, ModelLoadError, ProfileError, ValueError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
