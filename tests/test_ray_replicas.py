@@ -3,15 +3,16 @@
 What a user of `niyama serve --replicas 2` relies on: the same tokens as the
 single-replica server, both replicas taking requests, and a replica whose
 actor is killed mid-stream not taking the service down (its streamed request
-ends with a clear error, later requests succeed, the replica comes back).
-The Ray cluster starts once per session; actors load the model once each.
+ends with a clear error, later requests succeed, the replica comes back),
+and /metrics adding the replicas up per tier beside each replica's own series.
+The Ray cluster (2 CPUs, no dashboard) starts once for this module and is
+shut down after it; the two actors load the model once each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from router_server import ThreadedServer
 from support import reference_greedy
 
@@ -30,8 +32,9 @@ from niyama.qos.routing import make_routing
 from niyama.qos.scheduler import make_scheduler
 from niyama.router.app import create_app
 from niyama.router.engine_core import EngineCore
+from niyama.router.ray_placement import Placement
 from niyama.router.replica_metrics import replica_engine
-from niyama.router.replica_serve import Placement, RayReplicas
+from niyama.router.replica_serve import RayReplicas
 from niyama.router.settings import ServerSettings
 from niyama.router.tokenizer import TextTokenizer
 from niyama.worker.kv_cache import size_cache
@@ -52,15 +55,16 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-        object_store_memory=128 * 1024**2,
-    )  # fmt: skip
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+            object_store_memory=128 * 1024**2,
+        )  # fmt: skip
+        yield
+        ray.shutdown()
 
 
 def settings(loaded) -> ServerSettings:
@@ -91,16 +95,26 @@ def single(default_model):
         yield server
 
 
-def generate(url: str, prompt: str, new_tokens: int = 12) -> list[int]:
+def generate(url: str, prompt: str, new_tokens: int = 12, tier: str = "interactive") -> list[int]:
     body = {"inputs": prompt, "parameters": {"max_new_tokens": new_tokens, "details": True}}
-    answer = httpx.post(f"{url}/generate", json=body, timeout=120)
+    answer = httpx.post(f"{url}/generate", json=body, headers={"x-qos-tier": tier}, timeout=120)
     assert answer.status_code == 200, answer.text
     return [token["id"] for token in answer.json()["details"]["tokens"]]
 
 
-def generate_all(url: str, prompts: list[str], new_tokens: int = 12) -> list[list[int]]:
+def generate_all(url: str, prompts: list[str], new_tokens: int = 12, tier: str = "interactive") -> list[list[int]]:
     with ThreadPoolExecutor(len(prompts)) as pool:
-        return list(pool.map(lambda prompt: generate(url, prompt, new_tokens), prompts))
+        return list(pool.map(lambda prompt: generate(url, prompt, new_tokens, tier), prompts))
+
+
+def samples(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def replica_requests(url: str) -> dict[str, float]:
@@ -165,3 +179,27 @@ def test_a_killed_replica_does_not_take_the_service_down(replicated, single):
     before = replica_requests(replicated.url).get(str(victim.index), 0.0)
     assert generate_all(replicated.url, PROMPTS) == generate_all(single.url, PROMPTS)
     assert replica_requests(replicated.url)[str(victim.index)] > before  # routed to again
+
+
+def test_metrics_add_the_replicas_up_per_tier_beside_each_replicas_series(replicated, single):
+    before = samples(replicated.url)
+    generate_all(replicated.url, PROMPTS[:4], 4, tier="batch")
+    after = samples(replicated.url)
+
+    def grown(name: str, labels: dict) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    per_replica = [
+        grown("niyama_replica_requests_total", {"replica": str(i), "tier": "batch", "outcome": "finished"})
+        for i in range(2)
+    ]
+    assert sum(per_replica) == 4
+    assert grown("niyama_tier_requests_total", {"tier": "batch", "outcome": "finished"}) == 4
+    assert grown("niyama_slo_evaluated_total", {"tier": "batch"}) == 4
+    for i in range(2):
+        assert after[("niyama_replica_up", (("replica", str(i)),))] == 1.0
+        assert ("niyama_replica_queue_depth", (("replica", str(i)), ("tier", "batch"))) in after
+    blocks = after[("niyama_kv_blocks_total", ())]
+    assert blocks == 2 * samples(single.url)[("niyama_kv_blocks_total", ())]  # both replicas' caches
+    assert after[("niyama_kv_blocks_free", ())] == blocks  # all idle again
