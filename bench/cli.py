@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
     "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
+    "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
 }
 
 
