@@ -236,7 +236,9 @@ def test_per_tier_latency_histograms_count_each_token_of_the_tier(server):
         except AssertionError:
             return 0.0
 
-    before = {name: count(name, "batch") for name in ("niyama_ttft_seconds", "niyama_tbt_seconds", "niyama_ttlt_seconds")}
+    before = {
+        name: count(name, "batch") for name in ("niyama_ttft_seconds", "niyama_tbt_seconds", "niyama_ttlt_seconds")
+    }
     interactive_before = count("niyama_ttft_seconds", "interactive")
     body = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "details": True}}
     answer = requests.post(server.url + "/generate", json=body, headers={"x-qos-tier": "batch"}, timeout=30).json()
