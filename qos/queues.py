@@ -1,10 +1,16 @@
 """Per-tier waiting queues, sorted by priority, with a relegated queue per tier.
 
-Entries are ``(key, seq, state)`` tuples in ``SortedList``s: the unique
-arrival sequence number breaks ties, so states are never compared and the
-order is deterministic. Every operation is O(log n); walking the queues in
-global priority order merges the per-tier heads lazily, so a step that looks
-at the first few candidates never touches the other ten thousand.
+Entries are ``(key, seq, state, work)`` tuples in ``SortedList``s: the
+unique arrival sequence number breaks ties, so states are never compared and
+the order is deterministic; ``work`` is the state's remaining prefill when it
+was queued (it cannot change while queued: only running requests compute).
+Every operation is O(log n); walking the queues in global priority order
+merges the per-tier heads lazily, so a step that looks at the first few
+candidates never touches the other ten thousand. `work_before` (asked for
+every routed request, on every replica) keeps each tier's total work, and
+sums whichever side of the key is shorter: with deadlines as keys the new
+request's key sits near one end of each tier's queue, so a backlog of ten
+thousand requests costs a few entries, not ten thousand.
 """
 
 from __future__ import annotations
@@ -22,16 +28,21 @@ class TierQueues:
     def __init__(self, num_tiers: int, ranks: list[int]) -> None:
         self._active = [SortedList() for _ in range(num_tiers)]
         self._relegated = [SortedList() for _ in range(num_tiers)]
+        self._work = [0] * num_tiers  # remaining prefill queued in each active queue
         # Relegated requests are served most important tier first.
         self._relegated_order = sorted(range(num_tiers), key=lambda i: -ranks[i])
 
     def push(self, state: RequestState, key: float) -> None:
-        entry = (key, state.seq, state)
+        entry = (key, state.seq, state, state.remaining)
         state.entry = entry
         (self._relegated if state.relegated else self._active)[state.tier_index].add(entry)
+        if not state.relegated:
+            self._work[state.tier_index] += entry[3]
 
     def remove(self, state: RequestState) -> None:
         (self._relegated if state.relegated else self._active)[state.tier_index].remove(state.entry)
+        if not state.relegated:
+            self._work[state.tier_index] -= state.entry[3]
         state.entry = None
 
     def ordered(self) -> Iterator[RequestState]:
@@ -50,15 +61,21 @@ class TierQueues:
     def work_before(self, key: float) -> int:
         """Prefill tokens still to compute of the non-relegated waiting requests keyed at or before ``key``."""
         bound = (key, math.inf)  # sorts after every entry with this key, so states are never compared
-        return sum(entry[2].remaining for queue in self._active for entry in queue.irange(maximum=bound))
+        total = 0
+        for queue, work in zip(self._active, self._work):
+            cut = queue.bisect_right(bound)
+            if cut <= len(queue) - cut:
+                total += sum(entry[3] for entry in queue.islice(0, cut))
+            else:
+                total += work - sum(entry[3] for entry in queue.islice(cut))
+        return total
 
     def rekey(self, key_of: Callable[[RequestState], float]) -> None:
         """Recompute every non-relegated key (the priority function changed)."""
         for index, queue in enumerate(self._active):
-            states = [entry[2] for entry in queue]
             entries = []
-            for state in states:
-                state.entry = (key_of(state), state.seq, state)
+            for _, _, state, work in queue:
+                state.entry = (key_of(state), state.seq, state, work)
                 entries.append(state.entry)
             self._active[index] = SortedList(entries)
 

@@ -30,7 +30,8 @@ operations = st.lists(
 def test_plans_keep_the_contract(policy, ops, budget):
     tiers = builtin_tier_config("paper")
     allocator = BlockAllocator(BLOCKS, BLOCK_SIZE)
-    scheduler = make_scheduler(policy, tiers, allocator, LatencyPredictor.reference("a100-llama3-8b"), token_budget=budget)
+    predictor = LatencyPredictor.reference("a100-llama3-8b")
+    scheduler = make_scheduler(policy, tiers, allocator, predictor, token_budget=budget)
     live: dict[str, dict] = {}
     added: list[str] = []
     now = 0.0
@@ -42,7 +43,7 @@ def test_plans_keep_the_contract(policy, ops, budget):
             live[rid]["computed"] = 0
             event("preempted")
         seen_blocks: set[int] = set()
-        for rid, table in plan.block_tables.items():
+        for table in plan.block_tables.values():
             assert not seen_blocks & set(table)
             seen_blocks |= set(table)
         assert len({c.request_id for c in plan.chunks}) == len(plan.chunks)
@@ -56,6 +57,9 @@ def test_plans_keep_the_contract(policy, ops, budget):
                 assert chunk.length == 1 and model["generated"] >= 1
             assert len(plan.block_tables[chunk.request_id]) * BLOCK_SIZE >= chunk.end
         assert plan.shape == StepShape.of(plan.chunks)
+        queues = scheduler._queues  # what the router asks of it: queued work up to a key, kept as running totals
+        for key in [-1.0, 1e18, *(state.entry[0] for state in queues.ordered())]:
+            assert queues.work_before(key) == sum(s.remaining for s in queues.ordered() if s.entry[0] <= key)
         assert allocator.num_free + sum(allocator.holds(rid) for rid in live) == BLOCKS
         now += seconds
         finished = scheduler.on_step(StepResult((), seconds), now)
