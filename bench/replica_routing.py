@@ -47,7 +47,7 @@ class Plan:
 
     replicas: int = 4
     duration: float = 3600.0  # seconds of arrivals (then drained)
-    # Total loads (req/s) for `replicas` replicas per arrival process: around and beyond the cluster's goodput.
+    # Total loads (req/s) for `replicas` replicas: bursty trace arrivals within capacity, Poisson ones beyond it.
     loads: dict[str, tuple[float, ...]] = field(
         default_factory=lambda: {"trace": (8.0, 12.0, 16.0), "Poisson": (24.0, 28.0, 32.0)}
     )
