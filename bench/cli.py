@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
+    "serve": ("niyama.bench.serve_cli", "tier-aware load against a TGI/OpenAI server: SLO attainment, goodput"),
     "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
 }
 
