@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from niyama.qos.config import TierConfig  # noqa: E402
 
@@ -53,6 +54,7 @@ def plot_latency_cdfs(runs: Sequence[dict], tiers: TierConfig, path: Path, title
         if target is not None:
             axis.axvline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:g} s")
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(f"{metric.upper()} (s)")
         axis.set_ylabel("share of requests" if metric != "tbt" else "share of token gaps")
         axis.set_title(f"{tier}: {metric.upper()}")

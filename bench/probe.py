@@ -117,6 +117,14 @@ async def run_probe(
     requests = scenario.requests(phases)
     if not requests:
         raise ValueError(f"{label}: no request arrives within {scenario.duration} s; raise --rate or --duration")
+    rate = phases[0].rate if len(phases) == 1 else None
+    return await measure(scenario, requests, label, rate, stop_over_budget)
+
+
+async def measure(
+    scenario: Scenario, requests: Sequence[BenchRequest], label: str, rate: float | None, stop_over_budget: bool
+) -> ProbeResult:
+    """Send ``requests`` (made by ``scenario`` or any other way) with ``scenario``'s prompts, targets and limits."""
     prompts = await scenario.builder.build_all([(r.index, r.prompt_tokens) for r in requests])
     budget = miss_budget(len(requests)) if stop_over_budget else None
     with tqdm(total=len(requests), desc=label, unit="req", file=sys.stderr, disable=not scenario.progress,
@@ -131,5 +139,4 @@ async def run_probe(
             scenario.request_timeout, budget, done,
         )  # fmt: skip
     summary = summarize(run.records, scenario.tiers, run.wall_seconds)
-    rate = phases[0].rate if len(phases) == 1 else None
     return ProbeResult(label, rate, len(requests), run, summary)
