@@ -5,7 +5,8 @@ tier's targets and its send time as arrival, so a miss here is a miss in
 the simulator and in the server's own ``/metrics``: TTFT for interactive
 tiers, TTLT for batch tiers (TBT deadline misses are reported apart, as in
 the paper). A request that failed or never finished counts as a miss, as a
-rejected request does in the simulator.
+rejected request does in the simulator; one cancelled by a goodput probe's
+early stop before its fate was known is ``undecided`` and left out.
 
 While a run is going, ``certain_misses`` counts the requests already bound
 to miss (failed, or past their primary deadline without meeting it), so a
@@ -24,6 +25,8 @@ from niyama.qos.tiers import SloTargets
 from .client import Record
 
 QUANTILES = (50, 90, 99)
+STOPPED_MISSED = "stopped: the miss budget was spent (this request had already missed)"
+STOPPED_UNDECIDED = "stopped: the miss budget was spent (undecided)"
 
 
 def outcome(record: Record, targets: SloTargets) -> SloOutcome | None:
@@ -73,7 +76,13 @@ def _distribution(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def tier_summary(records: Sequence[Record], targets: SloTargets) -> dict:
-    """Counts, misses, attainment, latency distributions and lengths of one tier's requests."""
+    """Counts, misses, attainment, latency distributions and lengths of one tier's requests.
+
+    Requests cancelled undecided by an early stop are counted apart (``undecided``) and left out of
+    everything else: they neither met nor missed their target.
+    """
+    undecided = sum(r.error == STOPPED_UNDECIDED for r in records)
+    records = [r for r in records if r.error != STOPPED_UNDECIDED]
     outcomes = [outcome(r, targets) for r in records]
     finished = [o for o in outcomes if o is not None]
     misses = sum(o is None or o.missed for o in outcomes)
@@ -89,6 +98,7 @@ def tier_summary(records: Sequence[Record], targets: SloTargets) -> dict:
         "targets": {k: v for k, v in (("ttft", targets.ttft), ("tbt", targets.tbt), ("ttlt", targets.ttlt)) if v},
         "primary": targets.primary,
         "requests": len(records),
+        "undecided": undecided,
         "completed": len(finished),
         "failed": len(records) - len(finished),
         "misses": misses,
@@ -115,11 +125,14 @@ def summarize(records: Sequence[Record], tiers: TierConfig, wall_seconds: float)
         if own:
             per_tier[tier.name] = tier_summary(own, tier.targets)
             misses += per_tier[tier.name]["misses"]
+    undecided = sum(r.error == STOPPED_UNDECIDED for r in records)
+    records = [r for r in records if r.error != STOPPED_UNDECIDED]
     completed = [r for r in records if r.ok]
     output = sum(len(r.token_times) for r in completed)
     return {
         "tiers": per_tier,
         "requests": len(records),
+        "undecided": undecided,
         "completed": len(completed),
         "misses": misses,
         "violation_pct": _pct(misses, len(records)),

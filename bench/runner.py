@@ -5,7 +5,9 @@ arrival window, in-flight ones get ``drain_timeout`` seconds after the last
 send, and whatever is still running then is cancelled (its connection closed,
 so the server aborts it) and counted as a miss. With ``miss_budget`` the run
 stops early, cancelling everything, once more requests than the budget are
-certain to miss: an overloaded goodput probe costs seconds, not minutes.
+certain to miss: an overloaded goodput probe costs seconds, not minutes. A
+request cancelled by that stop is a miss if it had already missed, else
+undecided (left out of the counts; see ``accounting``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 
 from niyama.qos.config import TierConfig
 
-from .accounting import certain_misses
+from .accounting import STOPPED_MISSED, STOPPED_UNDECIDED, certain_misses, certainly_missed
 from .client import Record, Target, new_session, stream
 from .prompt_text import Prompt
 from .workload import BenchRequest
 
 WATCH_INTERVAL = 0.25  # seconds between checks of the miss budget
+DRAIN_TIMEOUT = "unfinished when the drain timeout ran out"
 
 
 @dataclass
@@ -86,10 +89,14 @@ async def run_requests(
             drain = asyncio.create_task(asyncio.wait(tasks, timeout=drain_timeout))
             await asyncio.wait([drain, stopper], return_when=asyncio.FIRST_COMPLETED)
             drain.cancel()
-        reason = "stopped: the miss budget was spent" if stop.is_set() else "unfinished when the drain timeout ran out"
+        now = time.perf_counter()
         for record in records:
             if record.sent is not None and not record.done:
-                record.error = reason
+                if not stop.is_set():
+                    record.error = DRAIN_TIMEOUT
+                else:
+                    missed = certainly_missed(record, tiers.tier(record.request.tier).targets, now)
+                    record.error = STOPPED_MISSED if missed else STOPPED_UNDECIDED
         for task in (sender, stopper, watcher, *tasks):
             if task is not None and not task.done():
                 task.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from niyama.bench.accounting import certain_misses, certainly_missed, summarize
+from niyama.bench.accounting import STOPPED_MISSED, STOPPED_UNDECIDED, certain_misses, certainly_missed, summarize
 from niyama.bench.client import Record
 from niyama.bench.workload import BenchRequest
 from niyama.qos.config import parse_tier_config
@@ -67,3 +67,14 @@ def test_certain_misses_while_requests_are_in_flight():
     unsent = Record(BenchRequest(2, "jobs", 0.0, 8, 4), "u", 8)
     assert not certainly_missed(unsent, jobs, now=1e9)
     assert certain_misses(RECORDS, TIERS, now=1e9) == 3
+
+
+def test_requests_cancelled_undecided_by_an_early_stop_are_left_out():
+    stopped = [
+        record("chat", 50.0, [], error=STOPPED_UNDECIDED),
+        record("jobs", 0.0, [], error=STOPPED_MISSED),
+    ]
+    summary = summarize(RECORDS + stopped, TIERS, wall_seconds=50.0)
+    assert summary["undecided"] == 1 and summary["requests"] == 8 and summary["misses"] == 4
+    assert summary["tiers"]["chat"]["requests"] == 4 and summary["tiers"]["chat"]["undecided"] == 1
+    assert summary["tiers"]["jobs"]["misses"] == 3

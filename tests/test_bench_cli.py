@@ -57,6 +57,7 @@ def no_stray_threads(before: set[threading.Thread]) -> None:
         (["--rate", "1"], "no URL for tier(s) interactive, batch"),
         (["--url", "FAKE", "--rate", "1", "--trace", "nope"], "unknown trace 'nope'"),
         (["--url", "FAKE", "--rate", "1", "--trace", "MISSING.csv"], "cannot read trace"),
+        (["--url", "FAKE", "--rate", "1", "--trace", "BAD.csv"], "BAD.csv:2: prompt_tokens: expected a whole number"),
         (["--url", "FAKE", "--rate", "1", "--tiers", "MISSING.toml"], "cannot read tier file"),
         (["--url", "FAKE", "--rate", "1", "--mix", "1,2,3"], "mix has 3 shares"),
         (["--url", "FAKE", "--rate", "0"], "--rate must be positive"),
@@ -69,8 +70,9 @@ def no_stray_threads(before: set[threading.Thread]) -> None:
 )
 def test_bad_input_is_one_clear_line_and_exit_2(argv, message, tmp_path, capsys):
     before = set(threading.enumerate())
+    (tmp_path / "BAD.csv").write_text("prompt_tokens,output_tokens\nx,3\n")
     with ThreadedFake(FakeServer()) as fake:
-        argv = [fake.url if arg == "FAKE" else arg for arg in argv]
+        argv = [fake.url if arg == "FAKE" else str(tmp_path / arg) if arg == "BAD.csv" else arg for arg in argv]
         code = main([*argv, "--duration", "1", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("niyama bench serve: error: ") and message in err
@@ -81,7 +83,9 @@ def test_bad_input_is_one_clear_line_and_exit_2(argv, message, tmp_path, capsys)
 
 def test_a_tier_the_server_does_not_know_fails_before_any_load(tmp_path, capsys):
     tiers = tmp_path / "tiers.toml"
-    tiers.write_text('default = "premium"\n[[tiers]]\nname = "premium"\nkind = "interactive"\nttft = "1s"\ntbt = "1s"\n')
+    tiers.write_text(
+        'default = "premium"\n[[tiers]]\nname = "premium"\nkind = "interactive"\nttft = "1s"\ntbt = "1s"\n'
+    )
     with ThreadedFake(FakeServer()) as fake:
         code = main(["--url", fake.url, "--tiers", str(tiers), "--rate", "5", "--out", str(tmp_path / "out")])
         assert len(fake.server.bodies) == 1  # the one test request, then nothing
