@@ -80,6 +80,7 @@ def test_arrivals_are_bounded_by_duration_and_count():
 
 def test_length_scaling_rounds_caps_and_fits_the_context():
     assert LengthScaling(0.125, 0.125).apply(1155, 211) == (144, 26)
+    assert LengthScaling(0.0625, 0.125).apply(1020, 131) == (64, 16)  # 63.75 and 16.375 round to nearest
     assert LengthScaling(0.125, 0.125).apply(3, 2) == (1, 1)
     assert LengthScaling(0.5, 1.0, max_prompt=300, max_output=64).apply(1000, 100) == (300, 64)
     assert LengthScaling(1.0, 1.0, max_total=1000).apply(990, 50) == (950, 50)
