@@ -3,7 +3,13 @@
 Each server is its own process (``python -m niyama.router.cli serve``),
 pinned with ``taskset`` to its share of the cores, with torch's intra-op
 threads set to match through ``OMP_NUM_THREADS`` (torch reads it at start),
-so a siloed deployment really splits the machine. ``ServerGroup`` is a
+so a siloed deployment really splits the machine. Every server gets
+``OMP_WAIT_POLICY=PASSIVE`` (unless set): with OpenMP's default spin-waiting,
+a two-thread step on a machine with any other load ran 4-6x *slower* than a
+one-thread step (its threads spin while the partner they wait for is
+descheduled; ``niyama bench threads``, docs/results/qos_evaluation.md),
+which would measure the machine's other tenants, not the scheduling.
+``ServerGroup`` is a
 context manager: whatever happens (an error, Ctrl-C), every server it
 started gets SIGTERM, then SIGKILL after a grace period.
 """
@@ -54,6 +60,7 @@ def command(spec: ServerSpec, port: int) -> tuple[list[str], dict[str, str]]:
     if spec.cores is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", ",".join(map(str, spec.cores)), *argv]
     env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     threads = spec.threads or (len(spec.cores) if spec.cores else None)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

@@ -14,12 +14,12 @@ from niyama.qos.config import builtin_tier_config
 
 def test_a_silo_server_is_pinned_to_its_cores_with_as_many_threads():
     argv, env = command(ServerSpec("silo", ["--policy", "edf"], cores=[1]), 8123)
-    assert env["OMP_NUM_THREADS"] == "1"
+    assert env["OMP_NUM_THREADS"] == "1" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert argv[-6:] == ["--hostname", "127.0.0.1", "--port", "8123", "--policy", "edf"]
     if shutil.which("taskset"):
         assert argv[:3] == ["taskset", "-c", "1"] and argv[3] == sys.executable
-    shared, _ = command(ServerSpec("shared", []), 8124)
-    assert shared[0] == sys.executable
+    shared, env = command(ServerSpec("shared", []), 8124)
+    assert shared[0] == sys.executable and env["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_a_server_that_fails_to_start_stops_the_group(tmp_path):
