@@ -67,7 +67,8 @@ def probes_table(probes: Sequence[dict]) -> list[str]:
     rows = []
     for probe in probes:
         summary = probe["summary"]
-        note = "stopped early: over the miss budget" if probe["stopped_early"] else ""
+        undecided = summary.get("undecided", 0)  # absent from results written before it was counted
+        note = f"stopped early: over the miss budget, {undecided} undecided" if probe["stopped_early"] else ""
         rows.append([probe["label"], probe["rate"], probe["planned_requests"], summary["misses"],
                      summary["violation_pct"], "yes" if probe["ok"] else "no",
                      summary["throughput_rps"], note])  # fmt: skip

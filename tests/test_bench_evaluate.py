@@ -59,6 +59,7 @@ def test_the_report_is_built_from_the_results_alone(tmp_path):
     write_report(results, builtin_tier_config("default"), tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     assert "| niyama | 1.000 | yes | 2 |" in summary and "- niyama / fcfs: 2.00x" in summary
+    assert "| d | 1 | 2 | 0 | 0.000 | no | 1 | stopped early: over the miss budget, 0 undecided |" in summary
     for name in ("attainment_vs_rate.png", "flood_latency_cdf.png", "probe_latency_cdf.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert [r["label"] for r in common_rate_runs(results["goodput"])] == ["niyama", "fcfs"]
