@@ -22,6 +22,7 @@ class ApiKeyPolicy:
     label: str
     tiers: tuple[str, ...]
     default_tier: str
+    max_concurrent_requests: int | None = None  # this key's own limit; None: the server's per-key default
 
 
 class ApiKeys:

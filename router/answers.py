@@ -18,10 +18,9 @@ from starlette.requests import Request
 
 from .admission import Permit
 from .engine import Generation, GenerationError
-from .errors import INCOMPLETE, ApiError, as_event, generation_error
+from .errors import CLIENT_STALLED, INCOMPLETE, ApiError, as_event, generation_error
 from .inference import Sequence
 from .intake import Intake, server
-from .qos_headers import QosChoice
 from .streaming import KEEPALIVE, EventStreamResponse, TokenEvent, TokenPipeline, run_until_disconnect, token_batches
 from .validation import ValidRequest
 
@@ -102,20 +101,23 @@ def stream_answer(
         for run in runs:
             await run.generation.aclose()
         permit.release()
+        if response.stalled:
+            metrics.request_failed(CLIENT_STALLED)
 
-    return EventStreamResponse(chunks(), headers, close)
+    response = EventStreamResponse(chunks(), headers, close, server(request).settings.stream_send_timeout)
+    return response
 
 
-async def complete_answer(request: Request, valids: list[ValidRequest], qos: QosChoice) -> list[list[Sequence]]:
+async def complete_answer(request: Request, valids: list[ValidRequest], intake: Intake) -> list[list[Sequence]]:
     """Each of ``valids`` run to its end (its sequences best first), side by side, within their permits.
 
     Aborted if the client disconnects first.
     """
     inference = server(request).inference
-    permit = inference.admit(sum(valid.best_of for valid in valids))
+    permit = inference.admit(intake.caller, sum(valid.best_of for valid in valids))
 
     async def everything() -> list[list[Sequence]]:
-        return list(await asyncio.gather(*(inference.complete(valid, qos) for valid in valids)))
+        return list(await asyncio.gather(*(inference.complete(valid, intake.qos) for valid in valids)))
 
     try:
         return await run_until_disconnect(request.receive, everything())  # type: ignore[return-value]

@@ -1,7 +1,7 @@
 """From a validated request to finished sequences: the engine, seen from the routes.
 
 Every route goes through here: `admit` takes the request's concurrency
-permits (429 beyond the limit), `start` submits one generation, `complete`
+permits (429 beyond the server's or the API key's limit), `start` submits one generation, `complete`
 runs a request to its end (`best_of` sequences side by side, best first),
 and `timing_headers` computes TGI's timing headers from the generation's
 own timestamps (the router's validation time included).
@@ -13,7 +13,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from .admission import ConcurrencyLimit, Permit
+from .admission import Admission, Permit
+from .auth import Caller
 from .engine import AsyncEngine, Generation
 from .engine_core import GenerationRequest
 from .metrics import Metrics
@@ -53,10 +54,13 @@ class Inference:
         self.tokenizer = tokenizer
         self.settings = settings
         self.metrics = metrics
-        self.limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_seconds)
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_concurrent_requests_per_key, settings.retry_after_seconds
+        )
+        self.limit = self.admission.total
 
-    def admit(self, count: int = 1) -> Permit:
-        return self.limit.acquire(count)
+    def admit(self, caller: Caller, count: int = 1) -> Permit:
+        return self.admission.acquire(caller, count)
 
     def start(self, valid: ValidRequest, qos: QosChoice) -> tuple[Generation, TokenPipeline]:
         """Submit one generation (raises the scheduler's AdmissionError, or EngineStopping)."""

@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from .auth import authenticate
+from .auth import Caller, authenticate
 from .errors import describe_validation, validation_error
 from .qos_headers import QosChoice, resolve_qos
 from .state import ServerState
@@ -28,6 +28,7 @@ Body = TypeVar("Body", bound=BaseModel)
 class Intake:
     started: float  # monotonic, when the route got the request
     qos: QosChoice
+    caller: Caller
 
 
 def server(request: Request) -> ServerState:
@@ -56,4 +57,4 @@ async def take(request: Request, model: type[Body]) -> tuple[Body, Intake]:
     body = parse(model, await read_json(request))
     state.metrics.request_received()
     qos = resolve_qos(request.headers, getattr(body, "qos", None), state.tiers, caller)
-    return body, Intake(started, qos)
+    return body, Intake(started, qos, caller)

@@ -85,11 +85,11 @@ async def chat_completions(request: Request) -> Response:
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer,
                                 bool(body.logprobs))  # fmt: skip
     if not body.stream:
-        (sequences,) = await complete_answer(request, [valid], intake.qos)
+        (sequences,) = await complete_answer(request, [valid], intake)
         return _json(state, intake, valid, sequences[0], formatter.chat_completion(sequences[0], valid.input_length))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     send_done = body.model != TGI_CLIENT_MODEL
-    permit = state.inference.admit()
+    permit = state.inference.admit(intake.caller)
     try:
         generation, pipeline = state.inference.start(valid, intake.qos)
     except BaseException:
@@ -129,9 +129,9 @@ async def completions(request: Request) -> Response:
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer)
     prompt_tokens = sum(valid.input_length for valid in valids)
     if not body.stream:
-        sequences = [results[0] for results in await complete_answer(request, valids, intake.qos)]
+        sequences = [results[0] for results in await complete_answer(request, valids, intake)]
         return _json(state, intake, valids[0], sequences[0], formatter.completion(sequences, prompt_tokens))
-    permit = state.inference.admit(len(valids))
+    permit = state.inference.admit(intake.caller, len(valids))
     runs: list[Run] = []
     try:
         for index, valid in enumerate(valids):

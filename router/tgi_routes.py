@@ -49,7 +49,7 @@ async def _generate(
         body.inputs, body.parameters, state.tokenizer, state.settings, default_return_full_text=default_full_text
     )
     if stream:
-        permit = state.inference.admit()
+        permit = state.inference.admit(intake.caller)
         try:
             generation, pipeline = state.inference.start(valid, intake.qos)
         except BaseException:
@@ -62,7 +62,7 @@ async def _generate(
             request, [run], permit, headers,
             lambda: state.inference.record_success(intake.started, valid, generation, pipeline.count),
         )  # fmt: skip
-    (sequences,) = await complete_answer(request, [valid], intake.qos)
+    (sequences,) = await complete_answer(request, [valid], intake)
     best = sequences[0]
     headers = state.inference.record_success(intake.started, valid, best.generation, best.generated_tokens)
     headers["x-qos-tier"] = intake.qos.tier
