@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .request import Request
 from .simulator import SimResult, SimSetup, simulate
+from .traces import Trace
+from .workload import RatePhase, build_workload
 
 MISS_BUDGET = 0.01
+# The paper's siloed baseline: one replica group per tier with a fixed chunk.
+SILO_BUDGETS = {"interactive": 256, "batch": 2048}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,28 @@ def goodput(
     return low, probes
 
 
+def goodput_search(
+    setup: SimSetup,
+    trace: Trace,
+    mix: Sequence[float],
+    duration: float,
+    seed: int,
+    poisson: bool,
+    start: float,
+    on_probe: Callable[[Probe], None] | None = None,
+) -> tuple[float, list[Probe]]:
+    """Goodput of ``setup`` on ``trace``: every probe rebuilds the workload at its rate with the same seed."""
+
+    def run(rate: float) -> Probe:
+        requests = build_workload(trace, setup.tiers, mix, (RatePhase(rate, duration),), duration, seed, poisson)
+        result = probe(setup, requests, rate)
+        if on_probe is not None:
+            on_probe(result)
+        return result
+
+    return goodput(run, start)
+
+
 def split_round_robin(requests: Sequence[Request], replicas: int) -> list[list[Request]]:
     return [list(requests[i::replicas]) for i in range(replicas)]
 
@@ -109,3 +135,34 @@ def replicas_needed(setup: SimSetup, requests: Sequence[Request], limit: int = 2
         else:
             low = middle
     return high
+
+
+@dataclass(frozen=True)
+class SiloComparison:
+    shared: int
+    silo: dict[str, int]
+
+    @property
+    def silo_total(self) -> int:
+        return sum(self.silo.values())
+
+    @property
+    def saving_pct(self) -> float:
+        return 100.0 * (self.silo_total - self.shared) / self.silo_total if self.silo_total else 0.0
+
+
+def silo_vs_shared(setup: SimSetup, requests: Sequence[Request]) -> SiloComparison:
+    """Replicas for ``requests`` on one shared pool of ``setup`` vs one EDF group per tier.
+
+    Each tier's group serves only that tier's requests (round-robin over its
+    replicas) with the paper's fixed budget: 256 tokens for interactive
+    tiers, 2048 for batch ones. Each group, and the shared pool, must keep
+    its own misses within 1%.
+    """
+    shared = replicas_needed(setup, requests)
+    silo = {}
+    for tier in setup.tiers.tiers:
+        own = [r for r in requests if r.tier == tier.name]
+        silo_setup = replace(setup, policy="edf", options={"token_budget": SILO_BUDGETS[tier.kind]})
+        silo[tier.name] = replicas_needed(silo_setup, own)
+    return SiloComparison(shared, silo)

@@ -29,6 +29,7 @@ class PolicyConfig:
     low_kv_fraction: float = 0.1  # below this share of free blocks memory is "low"...
     low_kv_step_tokens: int = 512  # ...and steps are capped at this many tokens
     alpha: float = 0.008  # hybrid priority, seconds per remaining prompt token at full load
+    hybrid_cap: float = 0.5  # ...but never more than this share of the request's own first-token budget
     adaptive_alpha: bool = True  # follow the load; False: always the full alpha (the reference's fixed 8 ms)
     alpha_levels: int = 4  # alpha moves in steps of alpha/levels (each change re-sorts the queues)
     relegation_window: int = 64  # queued requests examined per step for predicted misses

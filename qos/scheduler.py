@@ -16,14 +16,14 @@ loop and the simulator drive it the same way; nothing in here reads a clock.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
-from itertools import chain, islice
+from collections.abc import Iterator
+from itertools import chain, count, islice
 
 from .chunking import dynamic_step_tokens
 from .config import TierConfig
-from .deadlines import first_token_deadline, token_pace
-from .errors import AdmissionError, DuplicateRequestError, RequestTooLargeError
+from .errors import DuplicateRequestError
+from .intake import intake_state
 from .kv_blocks import BlockAllocator, blocks_for
 from .load import LoadTracker
 from .plan import Chunk, Plan, StepResult, StepShape
@@ -35,7 +35,6 @@ from .relegation import choose_relegations
 from .request import Request
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierStats
-from .tiers import apply_overrides
 
 
 class Scheduler:
@@ -46,16 +45,14 @@ class Scheduler:
         self.tiers = tiers
         self.allocator = allocator
         self.predictor = predictor
-        self._tier_index = {name: index for index, name in enumerate(tiers.names)}
-        ranks = tiers.relegation_ranks()
-        self._ranks = [ranks[name] for name in tiers.names]
-        self._queues = TierQueues(len(tiers.tiers), self._ranks)
+        self._rank_of = tiers.relegation_ranks()
+        self._queues = TierQueues(len(tiers.tiers), [self._rank_of[name] for name in tiers.names])
         self._states: dict[str, RequestState] = {}
         self._prefilling: dict[str, RequestState] = {}
         self._decoding: dict[str, RequestState] = {}
         self._pending: tuple[Plan, list[RequestState], bool] | None = None
-        self._arrivals = itertools.count()
-        self._admissions = itertools.count()
+        self._arrivals = count()
+        self._admissions = count()
         self._max_step = config.chunk_sizes[-1] if config.dynamic_chunking else config.token_budget
         rate = config.initial_prefill_rate or self._largest_step_rate()
         self.load = LoadTracker(
@@ -85,28 +82,8 @@ class Scheduler:
         """
         if request.id in self._states:
             raise DuplicateRequestError(f"request {request.id!r} is already scheduled")
-        tier = self.tiers.tier(request.tier)
-        if request.prompt_len < 1 or request.max_new_tokens < 1:
-            raise AdmissionError(
-                f"request {request.id!r}: prompt length and max new tokens must be at least 1, "
-                f"got {request.prompt_len} and {request.max_new_tokens}"
-            )
-        targets = apply_overrides(tier, request.ttft, request.tbt, request.ttlt)
-        total = request.prompt_len + request.max_new_tokens
-        if blocks_for(total, self.allocator.block_size) > self.allocator.num_blocks:
-            raise RequestTooLargeError(
-                f"request {request.id!r} needs {total} tokens of KV cache (prompt {request.prompt_len} + "
-                f"max new tokens {request.max_new_tokens}) but the cache holds {self.allocator.capacity_tokens}"
-            )
-        seconds_per_token = self.config.batch_seconds_per_token
-        deadline = first_token_deadline(
-            request.arrival, targets, request.max_new_tokens, tier.expected_output_tokens, seconds_per_token
-        )
-        index = self._tier_index[tier.name]
-        state = RequestState(
-            request, index, self._ranks[index], tier.interactive, targets, deadline,
-            token_pace(targets, seconds_per_token), next(self._arrivals),
-        )  # fmt: skip
+        seq = next(self._arrivals)
+        state = intake_state(request, self.tiers, self._rank_of, self.allocator, self.config.batch_seconds_per_token, seq)
         self._states[request.id] = state
         self._queues.push(state, self._key(state))
 
@@ -131,12 +108,21 @@ class Scheduler:
         del self._states[state.id]
 
     def _key(self, state: RequestState) -> float:
-        """Queue priority, lower first: arrival (FCFS), next deadline (EDF), plus alpha x work (hybrid)."""
+        """Queue priority, lower first: arrival (FCFS), next deadline (EDF), plus alpha x work (hybrid).
+
+        The hybrid penalty is capped at a share of the request's own
+        first-token budget: uncapped, 8 ms per token pushes a long interactive
+        prompt a minute back, behind batch requests due long after it, where
+        relegation only finds it once it is too late (0.7% of Q1 missed under
+        transient overload uncapped, none capped, with fewer misses overall).
+        """
         if self.config.ordering == "arrival":
             return state.request.arrival
+        deadline = state.next_deadline
         if state.relegated:
-            return state.next_deadline
-        return state.next_deadline + self.load.alpha * state.remaining
+            return deadline
+        cap = self.config.hybrid_cap * (state.first_deadline - state.request.arrival)
+        return deadline + min(self.load.alpha * state.remaining, cap)
 
     # -- one step --------------------------------------------------------------
 
@@ -208,20 +194,27 @@ class Scheduler:
             saturated = budget <= 0
         return chunks, states, tables, StepShape(prefill, decodes, decode_context, prefill_context), saturated
 
-    def _candidates(self, now: float, limit: int) -> list[RequestState]:
-        """Prefill candidates in serving order, enough to cover ``limit`` tokens of work."""
+    def _serving_order(self, now: float, step_tokens: int) -> Iterator[RequestState]:
+        """Partial prefills and queued requests, not relegated, in the order they would be served.
+
+        Without selective preemption partial prefills come first (stall-free
+        batching); with it, only those that cannot afford to wait a step of
+        ``step_tokens`` do, and the rest take their place by priority.
+        """
         partials = list(self._prefilling.values())
-        if self.config.selective_preemption and partials:
-            rate = self.load.prefill_rate
-            urgent = [s for s in partials if not may_wait(s, now, rate, limit)]
-            waiting = sorted(((self._key(s), s.seq, s) for s in partials if may_wait(s, now, rate, limit)))
-            queued = ((s.entry[0], s.seq, s) for s in self._queues.ordered())
-            order = chain(urgent, (entry[2] for entry in heapq.merge(waiting, queued)))
-        else:
-            order = chain(partials, self._queues.ordered())
+        if not (self.config.selective_preemption and partials):
+            return chain(partials, self._queues.ordered())
+        rate = self.load.prefill_rate
+        urgent = [s for s in partials if not may_wait(s, now, rate, step_tokens)]
+        waiting = sorted((self._key(s), s.seq, s) for s in partials if may_wait(s, now, rate, step_tokens))
+        queued = ((s.entry[0], s.seq, s) for s in self._queues.ordered())
+        return chain(urgent, (entry[2] for entry in heapq.merge(waiting, queued)))
+
+    def _candidates(self, now: float, limit: int) -> list[RequestState]:
+        """Prefill candidates in serving order, relegated ones last, enough to cover ``limit`` tokens."""
         picked: list[RequestState] = []
         work = 0
-        for state in chain(order, self._queues.relegated_ordered()):
+        for state in chain(self._serving_order(now, limit), self._queues.relegated_ordered()):
             picked.append(state)
             work += state.remaining
             if work >= limit:
@@ -302,11 +295,9 @@ class Scheduler:
         preempted.append(state.id)
 
     def _relegate(self, now: float) -> None:
-        window = list(islice(self._queues.ordered(), self.config.relegation_window))
-        if not window:
-            return
-        ahead = sum(s.remaining for s in self._prefilling.values())
-        for state in choose_relegations(window, now, self.load.prefill_rate, ahead):
+        order = self._serving_order(now, self._max_step)
+        window = list(islice(order, self.config.relegation_window + len(self._prefilling)))
+        for state in choose_relegations(window, now, self.load.prefill_rate):
             self._queues.remove(state)
             state.relegated = True
             self._queues.push(state, self._key(state))

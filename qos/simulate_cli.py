@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 
 from tqdm import tqdm
 
-from .capacity import Probe, goodput, probe, replicas_needed
+from .capacity import Probe, goodput_search, silo_vs_shared
 from .config import BUILTIN_CONFIGS, resolve_tier_config
 from .policy import POLICIES
 from .predictor import REFERENCE_MODELS, LatencyPredictor
@@ -32,7 +31,6 @@ MECHANISMS = {
     "selective-preemption": "selective_preemption",
     "importance-preemption": "importance_preemption",
 }
-SILO_BUDGETS = {"interactive": 256, "batch": 2048}
 
 
 class UsageError(Exception):
@@ -127,16 +125,12 @@ def describe(args: argparse.Namespace, tiers, mix, poisson: bool, rate: float | 
 
 
 def run_goodput(args, setup: SimSetup, trace, mix, poisson: bool, start: float) -> int:
-    def run_rate(rate: float) -> Probe:
-        phases = (RatePhase(rate, args.duration),)
-        requests = build_workload(trace, setup.tiers, mix, phases, args.duration, args.seed, poisson)
-        result = probe(setup, requests, rate)
+    def report(result: Probe) -> None:
         if not args.json:
             verdict = "ok" if result.ok else "too many misses"
-            print(f"  rate {rate:8.3f} req/s: {result.misses:6d} misses of {result.requests:6d} ({verdict})", file=sys.stderr)
-        return result
+            print(f"  rate {result.rate:8.3f} req/s: {result.misses:6d} misses of {result.requests:6d} ({verdict})", file=sys.stderr)
 
-    rate, probes = goodput(run_rate, start)
+    rate, probes = goodput_search(setup, trace, mix, args.duration, args.seed, poisson, start, report)
     if args.json:
         config = describe(args, setup.tiers, mix, poisson, None)
         probes_out = [{"rate": round(p.rate, 6), "requests": p.requests, "misses": p.misses} for p in probes]
@@ -147,19 +141,15 @@ def run_goodput(args, setup: SimSetup, trace, mix, poisson: bool, start: float) 
 
 
 def run_silo(args, setup: SimSetup, requests, config: dict) -> int:
-    shared = replicas_needed(setup, requests)
-    silo: dict[str, int] = {}
-    for tier in setup.tiers.tiers:
-        own = [r for r in requests if r.tier == tier.name]
-        silo_setup = replace(setup, policy="edf", options={"token_budget": SILO_BUDGETS[tier.kind]})
-        silo[tier.name] = replicas_needed(silo_setup, own)
-    silo_total = sum(silo.values())
-    saving = 100.0 * (silo_total - shared) / silo_total if silo_total else 0.0
+    result = silo_vs_shared(setup, requests)
     if args.json:
-        print(json.dumps({"config": config, "shared_replicas": shared, "silo_replicas": silo, "silo_total": silo_total, "saving_pct": round(saving, 2)}))
+        print(json.dumps({
+            "config": config, "shared_replicas": result.shared, "silo_replicas": result.silo,
+            "silo_total": result.silo_total, "saving_pct": round(result.saving_pct, 2),
+        }))  # fmt: skip
     else:
-        per_tier = ", ".join(f"{name} {count}" for name, count in silo.items())
-        print(f"siloed: {silo_total} replicas ({per_tier}; budgets 256 interactive, 2048 batch)")
-        print(f"shared ({args.policy}): {shared} replicas")
-        print(f"the shared deployment needs {silo_total - shared} fewer replicas ({saving:.1f}%)")
+        per_tier = ", ".join(f"{name} {count}" for name, count in result.silo.items())
+        print(f"siloed: {result.silo_total} replicas ({per_tier}; budgets 256 interactive, 2048 batch, edf)")
+        print(f"shared ({args.policy}): {result.shared} replicas")
+        print(f"the shared deployment needs {result.silo_total - result.shared} fewer replicas ({result.saving_pct:.1f}%)")
     return 0

@@ -9,6 +9,7 @@ own seed, so its tokens do not depend on what else shares the step.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -126,7 +127,7 @@ class RequestSampler:
         self.generator: torch.Generator | None = None
         if params.samples:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+            self.generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
 
     @property
     def seed(self) -> int | None:

@@ -74,28 +74,31 @@ def test_relegation_sacrifices_the_least_important_request_ahead():
     # c, the least important walked so far, is relegated, and a then finishes at 4 s.
     c = _state("c", 0, 4.0, 3000, 0)
     a = _state("a", 2, 6.0, 4000, 1)
-    assert choose_relegations([c, a], 0.0, 1000.0, 0) == [c]
+    assert choose_relegations([c, a], 0.0, 1000.0) == [c]
 
 
 def test_relegation_never_sacrifices_a_more_important_request():
     # p (rank 2) is ahead; q (rank 0) would finish at 4 s > 3 s: only q itself may go.
     p = _state("p", 2, 2.0, 1000, 0)
     q = _state("q", 0, 3.0, 3000, 1)
-    assert choose_relegations([p, q], 0.0, 1000.0, 0) == [q]
+    assert choose_relegations([p, q], 0.0, 1000.0) == [q]
 
 
 def test_relegation_within_a_tier_takes_the_one_predicted_to_miss():
     x = _state("x", 1, 5.0, 3000, 0)
     y = _state("y", 1, 5.0, 3000, 1)
     z = _state("z", 1, 9.0, 1000, 2)
-    # x by 3 s; y by 6 s > 5: y goes; z then by 4 s: fine. Partial prefill work counts first.
-    assert choose_relegations([x, y, z], 0.0, 1000.0, 0) == [y]
-    assert choose_relegations([x, y, z], 0.0, 1000.0, 2500) == [x, y]
+    # x by 3 s; y by 6 s > 5: y goes; z then by 4 s: fine.
+    assert choose_relegations([x, y, z], 0.0, 1000.0) == [y]
+    # with a 2500-token partial prefill ahead (started: counted, never relegated) x would
+    # finish at 5.5 s > 5 and goes; so would y (2.5 + 3 = 5.5 s), and it goes too; z makes it
+    partial = _state("p", 0, 100.0, 2500, 3, started=True)
+    assert choose_relegations([partial, x, y, z], 0.0, 1000.0) == [x, y]
 
 
 def test_relegation_leaves_started_requests_alone():
     started = _state("s", 0, 1.0, 3000, 0, started=True)
-    assert choose_relegations([started], 0.0, 1000.0, 0) == []
+    assert choose_relegations([started], 0.0, 1000.0) == []
 
 
 def test_scheduler_relegates_and_serves_relegated_from_leftovers():
@@ -203,10 +206,27 @@ def test_alpha_follows_saturation_with_hysteresis():
     assert LoadTracker(1000.0, 0.995, 0.008, 4, hybrid=False).alpha == 0.0
 
 
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        # X: 6 + min(0.008 * 8000, 0.5 * 6) = 9 s; W (Q3, due 4): 4 + 0.8 = 4.8; V (Q2, due 10): 10.4
+        (0.5, [("W", 0, 100, True, False), ("X", 0, 2452, False, False)]),
+        # uncapped, X's 64 s penalty puts it behind requests due later than itself
+        (1000.0, [("W", 0, 100, True, False), ("V", 0, 50, True, False), ("X", 0, 2402, False, False)]),
+    ],
+)
+def test_hybrid_penalty_is_capped_by_the_requests_own_budget(cap, expected):
+    d = Driver("niyama", adaptive_alpha=False, hybrid_cap=cap)
+    d.add("X", "Q1", 0.0, 8000)
+    d.add("W", "Q3", -1790.0, 100, new=20)  # first-token deadline -1790 + 1800 - 6 = 4
+    d.add("V", "Q2", -584.0, 50, new=20)  # -584 + 600 - 6 = 10
+    assert spans(d.scheduler.schedule(0.0)) == expected
+
+
 def test_alpha_change_rekeys_the_queue():
     d = Driver("niyama")
     d.add("first", "Q1", 0.0, 2552, new=5)
-    d.add("long", "Q1", 0.0, 8000)  # key 6, then 6 + 0.008 * 8000 = 70
+    d.add("long", "Q1", 0.0, 8000)  # key 6, then 6 + min(0.008 * 8000, 0.5 * 6) = 9
     d.add("short", "Q1", 0.5, 100)  # key 6.5, then 6.5 + 0.008 * 100 = 7.3
     d.scheduler.load.saturation = 0.99  # as after a long overload: this saturated step moves alpha to the top
     plan, _ = d.step(0.0)
