@@ -38,9 +38,6 @@ class FaultyWorker:
         self._lock = threading.Lock()  # fail_next comes from another thread than execute
         self._steps = 0
 
-    def __getattr__(self, name: str):
-        return getattr(self.worker, name)  # everything else is the real worker's (sequences, cache...)
-
     def add_sequence(self, *args, **kwargs) -> int | None:
         return self.worker.add_sequence(*args, **kwargs)
 

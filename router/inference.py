@@ -1,10 +1,11 @@
 """From a validated request to finished sequences: the engine, seen from the routes.
 
 Every route goes through here: `admit` takes the request's concurrency
-permits (429 beyond the server's or the API key's limit), `start` submits one generation, `complete`
-runs a request to its end (`best_of` sequences side by side, best first),
-and `timing_headers` computes TGI's timing headers from the generation's
-own timestamps (the router's validation time included).
+permits (429 beyond the server's or the API key's limit), `start` submits
+one generation, `complete` runs a request to its end (`best_of` sequences
+side by side, best first), and `timing_headers` computes TGI's timing
+headers from the generation's own timestamps (the router's validation time
+included).
 """
 
 from __future__ import annotations

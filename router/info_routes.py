@@ -33,7 +33,7 @@ async def ready(request: Request) -> Response:
     elif not state.engine.accepting:
         reason = "the server is shutting down"
     elif state.inference.limit.full:
-        reason = f"{state.inference.limit.in_use} requests in flight, the limit (--max-concurrent-requests)"
+        reason = f"{state.inference.limit.in_use} of {state.inference.limit.limit} concurrent requests in flight"
     else:
         return Response(status_code=200)
     raise ApiError(503, f"not ready: {reason}", SHUTTING_DOWN)
