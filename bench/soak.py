@@ -34,6 +34,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -223,14 +224,15 @@ def resident_kib(pid: int, field_name: str = "VmHWM") -> int | None:
     return None
 
 
-def start_server(serve_args: list[str], port: int, ready_timeout: float = 600.0) -> subprocess.Popen:
-    """`niyama serve` on 127.0.0.1:``port``; returns once /health answers 200."""
+def start_server(serve_args: list[str], port: int, log: Path, ready_timeout: float = 600.0) -> subprocess.Popen:
+    """`niyama serve` on 127.0.0.1:``port``, its output in ``log``; returns once /health answers 200."""
     command = [sys.executable, "-m", "niyama.router.cli", "serve", "--hostname", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command + serve_args)
+    with log.open("wb") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command + serve_args, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"niyama serve exited with status {process.returncode} before it was ready")
+            raise RuntimeError(f"niyama serve exited with status {process.returncode} before it was ready; see {log}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:
@@ -238,7 +240,7 @@ def start_server(serve_args: list[str], port: int, ready_timeout: float = 600.0)
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise RuntimeError(f"niyama serve was not ready within {ready_timeout:.0f} s")
+    raise RuntimeError(f"niyama serve was not ready within {ready_timeout:.0f} s; see {log}")
 
 
 def report(tally: Tally, leaked: int, peak_kib: int | None, shares: dict[str, float | None]) -> str:
@@ -267,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="soak this running server instead of starting one")
     p.add_argument("--pid", type=int, default=None, help="with --url: the server's process id, for its peak RSS")
     p.add_argument("--port", type=int, default=18087, help="port of the server this command starts")
+    p.add_argument("--server-log", type=Path, default=Path(tempfile.gettempdir()) / "niyama-soak-server.log",
+                   help="where the started server's output goes (each injected fault logs an error)")  # fmt: skip
     p.add_argument("serve_args", nargs=argparse.REMAINDER,
                    help="after `--`: `niyama serve` flags (default: " + " ".join(SERVE_DEFAULTS) + ")")  # fmt: skip
     return p
@@ -275,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     serve_args = [a for a in args.serve_args if a != "--"] or SERVE_DEFAULTS
-    process = None if args.url else start_server(serve_args, args.port)
+    process = None if args.url else start_server(serve_args, args.port, args.server_log)
     url = args.url or f"http://127.0.0.1:{args.port}"
     pid = process.pid if process is not None else args.pid
     traffic = Traffic(args.rate, args.duration, max_new_tokens=args.max_new_tokens, seed=args.seed)
@@ -291,7 +295,7 @@ def main(argv: list[str]) -> int:
             process.terminate()
             process.wait(timeout=60)
     print(report(tally, leaked, peak, shares))
-    print(f"server alive after the soak: {alive}")
+    print(f"server alive after the soak: {alive}" + ("" if args.url else f"; its log: {args.server_log}"))
     return 0 if alive and not leaked and not tally.count("lost: ") else 1
 
 

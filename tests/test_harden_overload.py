@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from router_server import real_tokenizer, tiny_model
 
+from niyama.bench import soak
 from niyama.bench.soak import Traffic, attainment, leaked_blocks, resident_kib, run_traffic, scrape, start_server
 
 TIERS_TOML = """
@@ -52,7 +53,7 @@ def served(tmp_path_factory):
         ["--model-id", str(folder), "--qos-config", str(folder / "tiers.toml"), "--latency-profile", "a100-llama3-8b",
          "--max-concurrent-requests", str(LIMIT), "--max-total-tokens", "256", "--max-batch-prefill-tokens", "256",
          "--max-batch-total-tokens", "16384", "--log-level", "warning"],
-        port, ready_timeout=300,
+        port, folder / "server.log", ready_timeout=300,
     )  # fmt: skip
     yield process, f"http://127.0.0.1:{port}"
     process.terminate()
@@ -112,3 +113,15 @@ def test_a_burst_at_four_times_capacity_loses_nothing_and_keeps_the_important_ti
     assert peak_rss - start_rss < 512 * 1024  # KiB: bounded, whatever the offered load
     assert shares["interactive"] is not None and shares["batch"] is not None
     assert shares["interactive"] >= shares["batch"]
+
+
+def test_the_soak_command_reports_every_figure_and_passes_on_a_healthy_server(served, capsys):
+    process, url = served
+    assert soak.main(["--url", url, "--pid", str(process.pid), "--duration", "3", "--rate", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    figures = dict(line.split(":", 1) for line in lines if not line.startswith("  "))
+    assert {"requests sent", "completed", "cancelled", "failed", "lost", "peak RSS", "leaked blocks"} <= set(figures)
+    assert figures["lost"].split()[0] == "0" and figures["leaked blocks"].split()[0] == "0"
+    assert int(figures["requests sent"]) == sum(int(figures[k].split()[0]) for k in ("completed", "cancelled",
+                                                                                     "failed", "lost"))  # fmt: skip
+    assert figures["peak RSS"].strip().endswith("MiB (server process)")

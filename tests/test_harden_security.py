@@ -9,6 +9,7 @@ from harden_support import HeldStream, PacedWorker, assert_envelope, connect, re
 from router_server import tiny_core, tiny_server
 
 from niyama.qos.config import parse_tier_config
+from niyama.qos.errors import QosConfigError
 
 ADMIN = "admin-7f3a9c2e-secret"
 TEAM_A = "team-a-51d0be44-secret"
@@ -175,3 +176,15 @@ def test_liveness_stays_up_while_readiness_follows_admission():
         assert requests.get(server.url + "/health", timeout=10).status_code == 200
         refused = requests.post(server.url + "/generate", json={"inputs": "Hi"}, timeout=10)
         assert_envelope(refused, 503, "unavailable")
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "8"])
+def test_a_keys_own_concurrency_limit_must_be_a_positive_integer(limit):
+    tiers = [{"name": "interactive", "kind": "interactive", "ttft": "2s", "tbt": "200ms"}]
+    key = {"name": "team-a", "key": TEAM_A, "max_concurrent_requests": limit}
+    with pytest.raises(QosConfigError) as error:
+        parse_tier_config({"tiers": tiers, "api_keys": [key]}, "tiers.toml")
+    assert str(error.value) == (
+        f"tiers.toml: api key 'team-a': field 'max_concurrent_requests': expected an integer >= 1, got {limit!r}"
+    )
+    assert TEAM_A not in str(error.value)
