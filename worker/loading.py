@@ -8,6 +8,7 @@ while the cached checkpoint loads in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -156,6 +157,20 @@ def eos_ids(model, tokenizer) -> frozenset[int]:
     return frozenset([ids] if isinstance(ids, int) else ids)
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """transformers draws a progress bar per checkpoint load: noise in server logs and notebooks."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(model_id: str | None = None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,10 +178,11 @@ def load_model(model_id: str | None = None, *, device: str | None = None, dtype:
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolved_dtype, device_map=str(resolved_device), attn_implementation="sdpa"
-        )
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=resolved_dtype, device_map=str(resolved_device), attn_implementation="sdpa"
+            )
     except Exception as error:
         raise ModelLoadError(f"could not load the checkpoint in {path}: {type(error).__name__}: {error}") from error
     model.eval()

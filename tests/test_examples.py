@@ -1,0 +1,24 @@
+"""The example notebooks run top to bottom: a notebook that errors fails the suite.
+
+Set NIYAMA_SAVE_NOTEBOOKS=1 to write the executed notebooks back with their
+outputs (that is how the committed outputs are made).
+"""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path):
+    notebook = nbformat.read(path, as_version=4)
+    # Files a notebook writes (profiles, tier files) go to a scratch folder, not examples/.
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    if os.environ.get("NIYAMA_SAVE_NOTEBOOKS"):
+        nbformat.write(notebook, path)
