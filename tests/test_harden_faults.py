@@ -6,9 +6,10 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 import torch
-from harden_support import PacedWorker, connect, read_all, settled, wait_until
+from harden_support import PacedWorker, assert_envelope, connect, read_all, settled, wait_until
 from router_server import VOCAB, real_tokenizer, tiny_core, tiny_server
 from support import reference_greedy, tiny_llama
 
@@ -167,3 +168,15 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_resources_freed():
         assert events and events[-1]["index"] < 900 and events[-1]["generated_text"] is None
         ok = requests.post(server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
         assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_refused_after_part_of_it_started_holds_nothing(stream):
+    # The cache holds 160 tokens: the first prompt fits with its 150 new tokens, the second cannot ever.
+    with tiny_server(core=tiny_core(kv_tokens=160, worker=PacedWorker)) as server:
+        prompts = ["Hi", "Request: " + "tell me a story " * 5]
+        body = {"prompt": prompts, "max_tokens": 150, "stream": stream}
+        refused = requests.post(server.url + "/v1/completions", json=body, timeout=30)
+        message = assert_envelope(refused, 422, "validation")
+        assert "but the cache holds 160" in message
+        assert settled(server)  # at once: the first prompt's generation was aborted, its permit given back
