@@ -118,6 +118,20 @@ def test_keys_never_appear_in_answers_metrics_or_logs(keyed, caplog):
             assert key.strip() not in text
 
 
+def test_a_single_api_key_alone_guards_every_tier():
+    solo = "solo-2b8e41f0-secret"
+    with tiny_server(api_key=solo) as server:  # `--api-key`, no tier file keys
+        body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
+        for headers in ({}, bearer(solo[:-1]), bearer(TEAM_A)):
+            refused = requests.post(server.url + "/generate", json=body, headers=headers, timeout=30)
+            assert solo not in assert_envelope(refused, 401, "unauthorized")
+        for tier in ("interactive", "batch"):
+            ok = requests.post(
+                server.url + "/generate", json=body, headers=bearer(solo) | {"x-qos-tier": tier}, timeout=30
+            )
+            assert ok.status_code == 200 and ok.headers["x-qos-tier"] == tier
+
+
 def test_bodies_over_the_payload_limit_are_413_before_they_are_read():
     with tiny_server(payload_limit=1000) as server:
         declared = requests.post(server.url + "/generate", data=b"x" * 1001, timeout=30)
