@@ -14,10 +14,10 @@ from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .auth import Caller, authenticate
-from .errors import describe_validation, validation_error
+from .errors import ClientDisconnected, describe_validation, validation_error
 from .qos_headers import QosChoice, resolve_qos
 from .state import ServerState
 
@@ -36,7 +36,10 @@ def server(request: Request) -> ServerState:
 
 
 async def read_json(request: Request) -> object:
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the client left mid-body: not a server error, nothing to log
+        raise ClientDisconnected from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:

@@ -75,6 +75,8 @@ def test_clients_leaving_at_random_points_free_every_block_and_permit():
         wait_until(lambda: settled(server) and not worker.sequences)  # the worker drops aborted sequences between steps
         assert server.state.engine.scheduler.stats().free_blocks == start.free_blocks
         assert metric(server, 'niyama_tier_requests_total{outcome="failed",tier="interactive"}') >= 8
+        assert metric(server, 'tgi_request_failure{err="client_closed"}') >= 1  # left mid-body
+        assert metric(server, 'tgi_request_failure{err="internal"}') == 0
         ok = requests.post(server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}})
         assert ok.status_code == 200
 
