@@ -27,6 +27,12 @@ from niyama.qos.tiers import apply_overrides
 from .engine import Generation
 
 DURATION_BUCKETS = tuple(0.00015 * 1.5**n for n in range(35))  # TGI: 35 geometric buckets from 0.1 ms x 1.5
+# Per-tier latencies: buckets dense around the usual targets (tens of ms between tokens, seconds to the
+# first token, minutes to the last) so histogram_quantile stays close to the truth up to an hour.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60,
+    120, 300, 600, 1800, 3600,
+)  # fmt: skip
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -108,6 +114,9 @@ class Metrics:
         self.slo_attainment = gauge(
             "niyama_slo_attainment", "Share of finished requests that met their SLOs", ("tier",)
         )
+        self.ttft = histogram("niyama_ttft_seconds", "Time to first token, per tier", LATENCY_BUCKETS, ("tier",))
+        self.tbt = histogram("niyama_tbt_seconds", "Every gap between tokens, per tier", LATENCY_BUCKETS, ("tier",))
+        self.ttlt = histogram("niyama_ttlt_seconds", "Time to last token, per tier", LATENCY_BUCKETS, ("tier",))
         self.queue_depth = gauge("niyama_queue_depth", "Requests waiting for compute, per tier", ("tier",))
         self.running = gauge("niyama_running", "Requests prefilling or decoding, per tier", ("tier",))
         self.relegated = gauge("niyama_relegated", "Relegated requests not yet finished, per tier", ("tier",))
@@ -139,6 +148,7 @@ class Metrics:
             self.tier_requests.labels(request.tier, "failed").inc()
             return
         self.tier_requests.labels(request.tier, "finished").inc()
+        self._observe_latencies(request.tier, timing.arrival, timing.token_times)
         targets = apply_overrides(self.tiers.tier(request.tier), request.ttft, request.tbt, request.ttlt)
         outcome = evaluate(targets, timing.arrival, timing.token_times)
         self.slo_evaluated.labels(request.tier).inc()
@@ -150,6 +160,15 @@ class Metrics:
         counts[0] += 1
         counts[1] += not outcome.violations
         self.slo_attainment.labels(request.tier).set(counts[1] / counts[0])
+
+    def _observe_latencies(self, tier: str, arrival: float, token_times: list[float]) -> None:
+        if not token_times:
+            return
+        self.ttft.labels(tier).observe(token_times[0] - arrival)
+        self.ttlt.labels(tier).observe(token_times[-1] - arrival)
+        gaps = self.tbt.labels(tier)
+        for before, after in zip(token_times, token_times[1:]):
+            gaps.observe(after - before)
 
     # -- HTTP requests ---------------------------------------------------------
 

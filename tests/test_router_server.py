@@ -229,6 +229,27 @@ def test_a_failed_step_fails_only_its_requests_and_the_server_stays_up():
         assert metric(server, 'tgi_batch_inference_failure{method="prefill"}') >= 1
 
 
+def test_per_tier_latency_histograms_count_each_token_of_the_tier(server):
+    def count(name: str, tier: str) -> float:
+        try:
+            return metric(server, f'{name}_count{{tier="{tier}"}}')
+        except AssertionError:
+            return 0.0
+
+    before = {
+        name: count(name, "batch") for name in ("niyama_ttft_seconds", "niyama_tbt_seconds", "niyama_ttlt_seconds")
+    }
+    interactive_before = count("niyama_ttft_seconds", "interactive")
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "details": True}}
+    answer = requests.post(server.url + "/generate", json=body, headers={"x-qos-tier": "batch"}, timeout=30).json()
+    generated = answer["details"]["generated_tokens"]
+    assert count("niyama_ttft_seconds", "batch") == before["niyama_ttft_seconds"] + 1
+    assert count("niyama_ttlt_seconds", "batch") == before["niyama_ttlt_seconds"] + 1
+    assert count("niyama_tbt_seconds", "batch") == before["niyama_tbt_seconds"] + generated - 1
+    assert count("niyama_ttft_seconds", "interactive") == interactive_before
+    assert metric(server, 'niyama_ttft_seconds_bucket{le="+Inf",tier="batch"}') == count("niyama_ttft_seconds", "batch")
+
+
 def test_info_models_metrics_and_api_description(server):
     info = requests.get(server.url + "/info", timeout=10).json()
     assert info["max_input_tokens"] == 512 and info["max_best_of"] == 2 and info["router"] == "niyama"
