@@ -14,7 +14,7 @@ Conventions the docs follow (see docs/contributing.md):
 - ``<!-- docs-test: smoke N -->`` before a block: the command is long (a
   full evaluation, a device profile); it must still be running, without
   error, after N seconds, and is then stopped.
-- ``make test`` is this suite itself and is not run again. ```text blocks are
+- ``make test`` and ``pytest ...`` lines are this suite itself and are not run again. ```text blocks are
   templates with placeholders (paths to your own model, other machines) and
   are not run.
 """
@@ -40,7 +40,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LINKED = ("Makefile", "pyproject.toml", ".venv", "examples", "docs")
 FENCE = re.compile(r"(?:<!-- docs-test: smoke (\d+) -->\n)?```(sh|python)\n(.*?)```", re.S)
 SERVE = re.compile(r"^(make serve|(?:\S*/)?niyama serve)\b(.*)$", re.M)
-SELF = "make test"
+SELF = re.compile(r"^\s*(make test|(?:\S*/)?pytest)\b")  # the suite itself, or part of it
 STARTUP_TIMEOUT = 900  # a first start on a machine profiles the device
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def blocks() -> list[Block]:
         text = page.read_text()
         for match in FENCE.finditer(text):
             smoke = int(match.group(1)) if match.group(1) else None
-            code = "\n".join(line for line in match.group(3).splitlines() if line.strip() != SELF)
+            code = "\n".join(line for line in match.group(3).splitlines() if not SELF.match(line))
             if code.strip():
                 found.append(Block(page, text.count("\n", 0, match.start()) + 1, match.group(2), code, smoke))
     return found
