@@ -1,7 +1,7 @@
 """The latency predictor `niyama serve` starts with: given, or measured once per model and device.
 
 With no `--latency-profile`, the server profiles the model on this device at
-start-up (the quick grid: minutes on a CPU, seconds on a GPU) and caches the
+start-up (the small `STARTUP` grid: under a minute on a CPU, seconds on a GPU) and caches the
 result under `$NIYAMA_CACHE/profiles/` (default `~/.cache/niyama/profiles/`),
 keyed by checkpoint, device and dtype, so only the first start pays for it.
 The predictor then keeps correcting itself online from the steps it sees.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from niyama.qos.predictor import LatencyPredictor
 from niyama.worker.loading import LoadedModel, cache_root
-from niyama.worker.profile import QUICK, device_name, run_profile
+from niyama.worker.profile import STARTUP, device_name, run_profile, shapes
 
 log = logging.getLogger("niyama.serve")
 
@@ -34,9 +34,10 @@ def startup_predictor(spec: str | None, loaded: LoadedModel) -> LatencyPredictor
         return LatencyPredictor.load(spec)
     path = profile_path(loaded)
     if not path.is_file():
-        log.info("no latency profile for this model and device yet: profiling now (quick grid), once")
+        log.info("no latency profile for this model and device yet: profiling now (%d step shapes), once",
+                 len(shapes(STARTUP, loaded.max_context)))  # fmt: skip
         started = time.monotonic()
-        profile = run_profile(loaded, QUICK, progress=False)
+        profile = run_profile(loaded, STARTUP, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(".tmp")
         staging.write_text(json.dumps(profile, indent=1) + "\n")

@@ -34,6 +34,8 @@ from niyama.worker.runner import ModelRunner
 
 from .app import create_app
 from .engine_core import EngineCore
+from .faults import FaultyWorker
+from .limits import server_options
 from .profiles import startup_predictor
 from .settings import ServerSettings
 from .tokenizer import TextTokenizer
@@ -68,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-top-n-tokens", type=int, default=5)
     p.add_argument("--max-client-batch-size", type=int, default=4, help="prompts per /v1/completions request")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer <key>` on generation routes")
+    p.add_argument("--max-concurrent-requests-per-key", type=int, default=None, help="per API key (429 beyond)")
+    p.add_argument("--payload-limit", type=int, default=2_000_000, help="largest request body in bytes (413 beyond)")
+    p.add_argument("--max-header-bytes", type=int, default=32_768, help="largest request head in bytes (431 beyond)")
+    p.add_argument("--stream-send-timeout", type=float, default=30.0, help="seconds a non-reading client is kept")
+    p.add_argument("--inject-step-failures", type=float, default=0.0, metavar="RATE", help="testing: fail steps")
+    p.add_argument("--inject-seed", type=int, default=None, help="seed of --inject-step-failures")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get at shutdown")
@@ -126,10 +134,17 @@ def main(argv: list[str]) -> int:
             max_concurrent_requests=args.max_concurrent_requests, max_best_of=args.max_best_of,
             max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
             max_client_batch_size=args.max_client_batch_size, api_key=args.api_key, compute_type=loaded.device.type,
+            payload_limit=args.payload_limit, max_header_bytes=args.max_header_bytes,
+            max_concurrent_requests_per_key=args.max_concurrent_requests_per_key,
+            stream_send_timeout=args.stream_send_timeout,
         )  # fmt: skip
         if max_total > loaded.max_context:
             raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({loaded.max_context})")
         predictor = startup_predictor(args.latency_profile, loaded)
+        worker = ModelRunner(loaded, spec)
+        if args.inject_step_failures:
+            worker = FaultyWorker(worker, args.inject_step_failures, args.inject_seed)
+            log.warning("fault injection: %.1f%% of steps will fail on purpose", 100 * args.inject_step_failures)
     except (ValueError, ProfileError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
@@ -140,7 +155,7 @@ def main(argv: list[str]) -> int:
     scheduler = make_scheduler(
         args.policy, tiers, BlockAllocator(spec.num_blocks, spec.block_size), predictor, **options
     )
-    core = EngineCore(scheduler, ModelRunner(loaded, spec), loaded.eos_token_ids, time.monotonic)
+    core = EngineCore(scheduler, worker, loaded.eos_token_ids, time.monotonic)
     app = create_app(core, TextTokenizer(loaded.tokenizer), tiers, settings, shutdown_grace_seconds=args.grace_period)
     for line in (
         f"model: {loaded.model_id} ({loaded.dtype}, {loaded.path})",
@@ -152,7 +167,7 @@ def main(argv: list[str]) -> int:
     ):
         log.info(line)
     config = uvicorn.Config(app, host=args.hostname, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.grace_period + 5)  # fmt: skip
+                            timeout_graceful_shutdown=args.grace_period + 5, **server_options(settings))  # fmt: skip
     server = _Server(config, app.state.begin_shutdown)
     server.run()
     return 0 if server.started else 1
