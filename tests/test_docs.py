@@ -73,6 +73,7 @@ def blocks() -> list[Block]:
 
 def serve_line(command: str, rest: str, port: int) -> str:
     """A serve command with its port set, started in the background and waited for."""
+    rest = re.sub(r"\s+#.*$", "", rest)  # a trailing comment
     if command == "make serve":
         arguments = re.fullmatch(r'\s*(?:ARGS="([^"]*)")?\s*', rest)
         assert arguments, f'write `make serve` as `make serve ARGS="..."`, not {rest!r}'
