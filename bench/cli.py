@@ -7,7 +7,9 @@ import sys
 
 BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
+    "serve": ("niyama.bench.serve_cli", "tier-aware load against a TGI/OpenAI server: SLO attainment, goodput"),
     "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
+    "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+import warnings
 
 MODULES = (
     "argparse", "asyncio", "collections", "csv", "dataclasses", "datetime", "decimal", "email", "fractions",
@@ -21,12 +22,14 @@ MODULES = (
 def corpus() -> str:
     """Module, class and function docstrings of the standard library, concatenated."""
     parts: list[str] = []
-    for name in MODULES:
-        module = importlib.import_module(name)
-        parts.append(inspect.getdoc(module) or "")
-        for _, member in inspect.getmembers(module):
-            if inspect.isclass(member) or inspect.isfunction(member):
-                parts.append(inspect.getdoc(member) or "")
+    with warnings.catch_warnings():  # walking `typing` touches its deprecated aliases
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in MODULES:
+            module = importlib.import_module(name)
+            parts.append(inspect.getdoc(module) or "")
+            for _, member in inspect.getmembers(module):
+                if inspect.isclass(member) or inspect.isfunction(member):
+                    parts.append(inspect.getdoc(member) or "")
     return "\n\n".join(part for part in parts if len(part) > 200)
 
 

@@ -22,6 +22,7 @@ class ApiKeyPolicy:
     label: str
     tiers: tuple[str, ...]
     default_tier: str
+    max_concurrent_requests: int | None = None  # this key's own limit; None: the server's per-key default
 
 
 class ApiKeys:
@@ -31,14 +32,19 @@ class ApiKeys:
         self._by_digest = dict(policies or {})
 
     def lookup(self, key: str | None) -> ApiKeyPolicy | None:
-        """The policy of ``key``, or None if it is unknown (or no key was given)."""
+        """The policy of ``key``, or None if it is unknown (or no key was given).
+
+        Every known digest is compared, in constant time, whichever matches: the time taken says
+        nothing about the key, nor about which entry it is.
+        """
         if key is None:
             return None
         digest = key_digest(key)
+        found = None
         for known, policy in self._by_digest.items():
             if hmac.compare_digest(known, digest):
-                return policy
-        return None
+                found = policy
+        return found
 
     def __len__(self) -> int:
         return len(self._by_digest)

@@ -23,6 +23,7 @@ Format (see docs/configuration.md)::
     key = "..."
     tiers = ["interactive", "batch"] # optional, default every tier
     default_tier = "batch"           # optional, default the file's default
+    max_concurrent_requests = 8      # optional: requests this key may have in flight at once
 
 Every error is one line naming the file, the tier (or key label) and the field.
 """
@@ -41,7 +42,7 @@ from .tiers import KIND_FIELDS, SloTargets, Tier
 
 BUILTIN_CONFIGS = {"default": "default_tiers.toml", "paper": "paper_tiers.toml"}
 _TIER_FIELDS = {"name", "kind", "ttft", "tbt", "ttlt", "importance", "expected_output_tokens"}
-_KEY_FIELDS = {"name", "key", "tiers", "default_tier"}
+_KEY_FIELDS = {"name", "key", "tiers", "default_tier", "max_concurrent_requests"}
 
 
 @dataclass(frozen=True)
@@ -205,8 +206,11 @@ def _parse_api_keys(raw_keys: object, source: str, names: list[str], default: st
                 else f"required, since the file default {default!r} is not among its tiers"
             )
             raise QosConfigError(f"{where}: field 'default_tier': {problem}")
+        limit = raw.get("max_concurrent_requests")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise QosConfigError(f"{where}: field 'max_concurrent_requests': expected an integer >= 1, got {limit!r}")
         digest = key_digest(key)
         if digest in policies:
             raise QosConfigError(f"{where}: field 'key': same key as api key {policies[digest].label!r}")
-        policies[digest] = ApiKeyPolicy(label, tuple(dict.fromkeys(allowed)), key_default)
+        policies[digest] = ApiKeyPolicy(label, tuple(dict.fromkeys(allowed)), key_default, limit)
     return ApiKeys(policies)

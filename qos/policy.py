@@ -28,6 +28,10 @@ class PolicyConfig:
     safety_margin: float = 1.2  # predicted step time is multiplied by this before it must fit the slack
     low_kv_fraction: float = 0.1  # below this share of free blocks memory is "low"...
     low_kv_step_tokens: int = 512  # ...and steps are capped at this many tokens
+    # A dynamic step may take at most this share of the tightest TTFT target, so that a request arriving
+    # while it runs can still start in time (0: no guard). It binds where steps are slow against the
+    # targets (a CPU, a big model), not on the reference A100 with its 6 s TTFT.
+    arrival_guard: float = 0.25
     alpha: float = 0.008  # hybrid priority, seconds per remaining prompt token at full load
     hybrid_cap: float = 0.5  # ...but never more than this share of the request's own first-token budget
     adaptive_alpha: bool = True  # follow the load; False: always the full alpha (the reference's fixed 8 ms)
@@ -46,6 +50,8 @@ class PolicyConfig:
             raise ValueError(f"token budget must be at least 1, got {self.token_budget}")
         if not self.chunk_sizes or list(self.chunk_sizes) != sorted(set(self.chunk_sizes)) or self.chunk_sizes[0] < 1:
             raise ValueError(f"chunk sizes must be increasing positive integers, got {self.chunk_sizes}")
+        if not 0 <= self.arrival_guard <= 1:
+            raise ValueError(f"arrival guard must be within [0, 1], got {self.arrival_guard}")
         if self.safety_margin <= 0 or self.alpha < 0 or self.alpha_levels < 1 or self.relegation_window < 1:
             raise ValueError("safety margin must be > 0, alpha >= 0, alpha levels and relegation window >= 1")
         if not 0 <= self.prefill_rate_decay <= 1:

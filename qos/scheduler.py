@@ -55,6 +55,8 @@ class Scheduler:
         self._arrivals = count()
         self._admissions = count()
         self._max_step = config.chunk_sizes[-1] if config.dynamic_chunking else config.token_budget
+        ttfts = [tier.targets.ttft for tier in tiers.tiers if tier.targets.ttft]
+        self._arrival_slack = config.arrival_guard * min(ttfts) if ttfts and config.arrival_guard else math.inf
         rate = config.initial_prefill_rate or self._largest_step_rate()
         self.load = LoadTracker(
             rate, config.prefill_rate_decay, config.alpha, config.alpha_levels, config.hybrid_priority, config.adaptive_alpha
@@ -250,11 +252,12 @@ class Scheduler:
         if not config.dynamic_chunking:
             return config.token_budget - decodes
         low_memory = self.allocator.num_free < config.low_kv_fraction * self.allocator.num_blocks
+        slack = min(earliest - now, self._arrival_slack)
         total = dynamic_step_tokens(
             self.predictor.predict_parts,
             config.chunk_sizes,
             config.safety_margin,
-            None if earliest == math.inf else earliest - now,
+            None if slack == math.inf else slack,
             decodes,
             decode_context,
             offset,

@@ -5,7 +5,8 @@ batches go through its formatter; several generations (a completion request
 with a list of prompts) are interleaved as their tokens come. An engine
 failure becomes one error event (TGI's envelope) and ends the stream.
 `complete_answer` runs a request to its end for a JSON answer, aborting it if
-the client leaves first. Both release the request's permits whatever happens.
+the client leaves first. Both take a request that `Inference.start_admitted`
+started and close it (generations aborted, permits released) whatever happens.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from .admission import Permit
 from .engine import Generation, GenerationError
-from .errors import INCOMPLETE, ApiError, as_event, generation_error
-from .inference import Sequence
+from .errors import CLIENT_STALLED, INCOMPLETE, ApiError, as_event, generation_error
+from .inference import Admitted, Sequence
 from .intake import Intake, server
-from .qos_headers import QosChoice
 from .streaming import KEEPALIVE, EventStreamResponse, TokenEvent, TokenPipeline, run_until_disconnect, token_batches
 from .validation import ValidRequest
 
@@ -73,12 +72,13 @@ async def _merged(runs: list[Run]) -> AsyncIterator[bytes]:
 def stream_answer(
     request: Request,
     runs: list[Run],
-    permit: Permit,
+    admitted: Admitted,
     headers: dict[str, str],
     on_success: Callable[[], None],
     tail: Callable[[], bytes] | None = None,
 ) -> EventStreamResponse:
-    """The SSE answer for ``runs``; ``tail`` makes the bytes sent after a successful end (usage, [DONE])."""
+    """The SSE answer for ``runs`` (the generations of ``admitted``); ``tail`` makes the bytes sent after a
+    successful end (usage, [DONE])."""
     metrics = server(request).metrics
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -99,28 +99,32 @@ def stream_answer(
             yield tail()
 
     async def close() -> None:
-        for run in runs:
-            await run.generation.aclose()
-        permit.release()
+        await admitted.close()
+        if response.stalled:
+            metrics.request_failed(CLIENT_STALLED)
 
-    return EventStreamResponse(chunks(), headers, close)
+    response = EventStreamResponse(chunks(), headers, close, server(request).settings.stream_send_timeout)
+    return response
 
 
-async def complete_answer(request: Request, valids: list[ValidRequest], qos: QosChoice) -> list[list[Sequence]]:
-    """Each of ``valids`` run to its end (its sequences best first), side by side, within their permits.
+async def complete_answer(request: Request, valids: list[ValidRequest], intake: Intake) -> list[list[Sequence]]:
+    """Each of ``valids`` run to its end (its ``best_of`` sequences best first), side by side.
 
     Aborted if the client disconnects first.
     """
     inference = server(request).inference
-    permit = inference.admit(sum(valid.best_of for valid in valids))
-
-    async def everything() -> list[list[Sequence]]:
-        return list(await asyncio.gather(*(inference.complete(valid, qos) for valid in valids)))
-
+    each = [valid for valid in valids for _ in range(valid.best_of)]
+    admitted = await inference.start_admitted(intake.caller, each, intake.qos)
     try:
-        return await run_until_disconnect(request.receive, everything())  # type: ignore[return-value]
+        sequences = await run_until_disconnect(request.receive, inference.run_all(admitted.started))
     finally:
-        permit.release()
+        await admitted.close()
+    answers, first = [], 0
+    for valid in valids:
+        group = sequences[first : first + valid.best_of]  # type: ignore[index]
+        answers.append(sorted(group, key=lambda sequence: sequence.logprob, reverse=True))
+        first += valid.best_of
+    return answers
 
 
 def stream_headers(intake: Intake, inputs_chars: int, compute_type: str) -> dict[str, str]:

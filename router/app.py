@@ -15,6 +15,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,6 +26,7 @@ from . import errors, info_routes, openai_routes, tgi_routes
 from .engine import AsyncEngine
 from .engine_core import EngineCore
 from .inference import Inference
+from .limits import PayloadLimit
 from .metrics import Metrics
 from .replicas import ReplicaSet
 from .settings import ServerSettings
@@ -61,6 +63,7 @@ ROUTES = [
     Route("/", info_routes.health, methods=["GET"]),
     Route("/health", info_routes.health, methods=["GET"]),
     Route("/ping", info_routes.health, methods=["GET"]),
+    Route("/ready", info_routes.ready, methods=["GET"]),
     Route("/info", info_routes.info, methods=["GET"]),
     Route("/metrics", info_routes.metrics, methods=["GET"]),
     Route("/api-doc/openapi.json", info_routes.openapi, methods=["GET"]),
@@ -97,7 +100,8 @@ def create_app(
             await draining[0]
             await engine.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    limits = [Middleware(PayloadLimit, limit=settings.payload_limit)]
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=limits)
     errors.install(app)
     app.state.niyama = state
     app.state.begin_shutdown = begin_shutdown

@@ -7,7 +7,13 @@ never pays for importing torch and `niyama serve` never for the simulator.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# OpenMP threads that spin while waiting made two-thread CPU steps 2.5-11x slower than one-thread ones
+# whenever anything else ran on the machine (docs/results/qos_evaluation.md); sleeping threads cost
+# little when it is idle. Set before torch loads; an explicit OMP_WAIT_POLICY still wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("niyama.router.serve", "serve a model over the TGI protocol with QoS tiers"),

@@ -34,6 +34,7 @@ FORBIDDEN = "forbidden"
 TEMPLATE = "template_error"
 NOT_FOUND = "not_found"
 SHUTTING_DOWN = "unavailable"
+CLIENT_STALLED = "client_stalled"  # a stream's client read nothing for --stream-send-timeout
 
 INPUT_VALIDATION = "Input validation error: "
 

@@ -1,10 +1,12 @@
 """From a validated request to finished sequences: the engine, seen from the routes.
 
-Every route goes through here: `admit` takes the request's concurrency
-permits (429 beyond the limit), `start` submits one generation, `complete`
-runs a request to its end (`best_of` sequences side by side, best first),
-and `timing_headers` computes TGI's timing headers from the generation's
-own timestamps (the router's validation time included).
+Every route goes through here: `start_admitted` takes a request's
+concurrency permits (429 beyond the server's or the API key's limit) and
+submits its generations, all or nothing, so that no route has its own
+admit/start/release sequence to get wrong; `run_all` runs started
+generations to their end; `record_success` counts a finished request and
+computes TGI's timing headers from the generation's own timestamps (the
+router's validation time included).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from .admission import ConcurrencyLimit, Permit
+from .admission import Admission, Permit
+from .auth import Caller
 from .engine import AsyncEngine, Generation
 from .engine_core import GenerationRequest
 from .metrics import Metrics
@@ -45,6 +48,23 @@ class Sequence:
         return sum(event.logprob for event in self.events)
 
 
+@dataclass
+class Admitted:
+    """A request's concurrency permits and the generations started under them.
+
+    `close` aborts whatever is still running and gives the permits back; a
+    request's answer calls it once it is over, whatever happened.
+    """
+
+    permit: Permit
+    started: list[tuple[Generation, TokenPipeline]]
+
+    async def close(self) -> None:
+        for generation, _ in self.started:
+            await generation.aclose()
+        self.permit.release()
+
+
 class Inference:
     def __init__(
         self, engine: AsyncEngine, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
@@ -53,12 +73,12 @@ class Inference:
         self.tokenizer = tokenizer
         self.settings = settings
         self.metrics = metrics
-        self.limit = ConcurrencyLimit(settings.max_concurrent_requests, settings.retry_after_seconds)
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_concurrent_requests_per_key, settings.retry_after_seconds
+        )
+        self.limit = self.admission.total
 
-    def admit(self, count: int = 1) -> Permit:
-        return self.limit.acquire(count)
-
-    def start(self, valid: ValidRequest, qos: QosChoice) -> tuple[Generation, TokenPipeline]:
+    def _start(self, valid: ValidRequest, qos: QosChoice) -> tuple[Generation, TokenPipeline]:
         """Submit one generation (raises the scheduler's AdmissionError, or EngineStopping)."""
         request = GenerationRequest(
             valid.prompt_ids, valid.params, valid.max_new_tokens, qos.tier, qos.ttft, qos.tbt, qos.ttlt,
@@ -67,6 +87,22 @@ class Inference:
         generation = self.engine.submit(request)
         return generation, TokenPipeline(self.tokenizer, valid.prompt_ids, valid.stop)
 
+    async def start_admitted(self, caller: Caller, valids: list[ValidRequest], qos: QosChoice) -> Admitted:
+        """One permit and one started generation per entry of ``valids``, or none at all.
+
+        Raises 429 beyond a concurrency limit before anything starts; if a
+        submission fails (the scheduler's AdmissionError, EngineStopping), the
+        generations already started are aborted and the permits given back.
+        """
+        admitted = Admitted(self.admission.acquire(caller, len(valids)), [])
+        try:
+            for valid in valids:
+                admitted.started.append(self._start(valid, qos))
+        except BaseException:
+            await admitted.close()
+            raise
+        return admitted
+
     async def run(self, generation: Generation, pipeline: TokenPipeline) -> Sequence:
         events: list[TokenEvent] = []
         async for batch in token_batches(generation, pipeline):
@@ -74,17 +110,15 @@ class Inference:
                 events += batch
         return Sequence(generation, pipeline, events)
 
-    async def complete(self, valid: ValidRequest, qos: QosChoice) -> list[Sequence]:
-        """Run the request to its end: ``best_of`` sampled sequences in parallel, the most likely first."""
-        started = [self.start(valid, qos) for _ in range(valid.best_of)]
+    async def run_all(self, started: list[tuple[Generation, TokenPipeline]]) -> list[Sequence]:
+        """Run started generations side by side to their end; the first failure stops them all."""
         runs = [asyncio.ensure_future(self.run(generation, pipeline)) for generation, pipeline in started]
         try:
-            sequences = await asyncio.gather(*runs)
+            return list(await asyncio.gather(*runs))
         finally:
             for run in runs:
                 run.cancel()  # one failed or the client left: stop the others too (their cleanup aborts them)
             await asyncio.gather(*runs, return_exceptions=True)
-        return sorted(sequences, key=lambda sequence: sequence.logprob, reverse=True)
 
     def record_success(
         self, started: float, valid: ValidRequest, generation: Generation, generated: int

@@ -1,11 +1,18 @@
-"""Routes that describe the server rather than generate: health, info, metrics, API docs."""
+"""Routes that describe the server rather than generate: health, readiness, info, metrics, API docs.
+
+Liveness and readiness are split, as TGI's users asked: `/health` (and
+`/ping`) says the process and its engine loop are alive, and stays 200 under
+any load and while draining, so an orchestrator never restarts a busy server;
+`/ready` says whether a new request would be admitted now (not shutting down,
+below `--max-concurrent-requests`), so a load balancer sends work elsewhere.
+"""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from .errors import HEALTHCHECK, ApiError, json_response
+from .errors import HEALTHCHECK, SHUTTING_DOWN, ApiError, json_response
 from .intake import server
 from .metrics import CONTENT_TYPE
 from .openapi import SWAGGER_PAGE, openapi_document
@@ -13,11 +20,24 @@ from .replicas import ReplicaSet
 
 
 async def health(request: Request) -> Response:
-    """200 (empty) while the engine loop runs and takes requests; 503 `healthcheck` otherwise."""
-    engine = server(request).engine
-    if engine.running and engine.accepting:
+    """Liveness: 200 (empty) while the engine loop runs; 503 `healthcheck` once it has stopped or crashed."""
+    if server(request).engine.running:
         return Response(status_code=200)
     raise ApiError(503, "unhealthy", HEALTHCHECK)
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 200 (empty) when a new request would be admitted; 503 `unavailable` with the reason otherwise."""
+    state = server(request)
+    if not state.engine.running:
+        reason = "the engine loop is not running"
+    elif not state.engine.accepting:
+        reason = "the server is shutting down"
+    elif state.inference.limit.full:
+        reason = f"{state.inference.limit.in_use} of {state.inference.limit.limit} concurrent requests in flight"
+    else:
+        return Response(status_code=200)
+    raise ApiError(503, f"not ready: {reason}", SHUTTING_DOWN)
 
 
 async def info(request: Request) -> Response:

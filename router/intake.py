@@ -14,10 +14,10 @@ from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from .auth import authenticate
-from .errors import describe_validation, validation_error
+from .auth import Caller, authenticate
+from .errors import ClientDisconnected, describe_validation, validation_error
 from .qos_headers import QosChoice, resolve_qos
 from .state import ServerState
 
@@ -28,6 +28,7 @@ Body = TypeVar("Body", bound=BaseModel)
 class Intake:
     started: float  # monotonic, when the route got the request
     qos: QosChoice
+    caller: Caller
 
 
 def server(request: Request) -> ServerState:
@@ -35,7 +36,10 @@ def server(request: Request) -> ServerState:
 
 
 async def read_json(request: Request) -> object:
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the client left mid-body: not a server error, nothing to log
+        raise ClientDisconnected from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -56,4 +60,4 @@ async def take(request: Request, model: type[Body]) -> tuple[Body, Intake]:
     body = parse(model, await read_json(request))
     state.metrics.request_received()
     qos = resolve_qos(request.headers, getattr(body, "qos", None), state.tiers, caller)
-    return body, Intake(started, qos)
+    return body, Intake(started, qos, caller)

@@ -85,23 +85,19 @@ async def chat_completions(request: Request) -> Response:
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer,
                                 bool(body.logprobs))  # fmt: skip
     if not body.stream:
-        (sequences,) = await complete_answer(request, [valid], intake.qos)
+        (sequences,) = await complete_answer(request, [valid], intake)
         return _json(state, intake, valid, sequences[0], formatter.chat_completion(sequences[0], valid.input_length))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     send_done = body.model != TGI_CLIENT_MODEL
-    permit = state.inference.admit()
-    try:
-        generation, pipeline = state.inference.start(valid, intake.qos)
-    except BaseException:
-        permit.release()
-        raise
+    admitted = await state.inference.start_admitted(intake.caller, [valid], intake.qos)
+    ((generation, pipeline),) = admitted.started
 
     def tail() -> bytes:
         usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, pipeline.count)
         return (usage if include_usage else b"") + (DONE if send_done else b"")
 
     return stream_answer(
-        request, [Run(generation, pipeline, formatter.chat_chunks)], permit,
+        request, [Run(generation, pipeline, formatter.chat_chunks)], admitted,
         stream_headers(intake, len(valid.inputs), state.settings.compute_type),
         lambda: state.inference.record_success(intake.started, valid, generation, pipeline.count), tail,
     )  # fmt: skip
@@ -129,19 +125,13 @@ async def completions(request: Request) -> Response:
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer)
     prompt_tokens = sum(valid.input_length for valid in valids)
     if not body.stream:
-        sequences = [results[0] for results in await complete_answer(request, valids, intake.qos)]
+        sequences = [results[0] for results in await complete_answer(request, valids, intake)]
         return _json(state, intake, valids[0], sequences[0], formatter.completion(sequences, prompt_tokens))
-    permit = state.inference.admit(len(valids))
-    runs: list[Run] = []
-    try:
-        for index, valid in enumerate(valids):
-            generation, pipeline = state.inference.start(valid, intake.qos)
-            runs.append(Run(generation, pipeline, lambda batch, index=index: formatter.completion_chunks(index, batch)))
-    except BaseException:
-        for run in runs:
-            await run.generation.aclose()
-        permit.release()
-        raise
+    admitted = await state.inference.start_admitted(intake.caller, valids, intake.qos)
+    runs = [
+        Run(generation, pipeline, lambda batch, index=index: formatter.completion_chunks(index, batch))
+        for index, (generation, pipeline) in enumerate(admitted.started)
+    ]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def tail() -> bytes:
@@ -151,7 +141,7 @@ async def completions(request: Request) -> Response:
 
     first = runs[0]
     return stream_answer(
-        request, runs, permit, stream_headers(intake, sum(len(p) for p in prompts), state.settings.compute_type),
+        request, runs, admitted, stream_headers(intake, sum(len(p) for p in prompts), state.settings.compute_type),
         lambda: state.inference.record_success(intake.started, valids[0], first.generation, first.pipeline.count),
         tail,
     )  # fmt: skip

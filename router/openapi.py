@@ -18,8 +18,9 @@ ERRORS = {
     "401": "a valid API key is required (`unauthorized`)",
     "403": "this API key may not use the requested QoS tier (`forbidden`)",
     "422": "input validation error, unknown QoS tier, or unsupported feature (`validation`)",
+    "413": "the body is over --payload-limit (`payload_too_large`)",
     "424": "the generation failed (`generation`)",
-    "429": "over --max-concurrent-requests (`overloaded`); see Retry-After",
+    "429": "over --max-concurrent-requests or the API key's limit (`overloaded`); see Retry-After",
 }
 
 QOS_PARAMETERS = [
@@ -101,8 +102,9 @@ def openapi_document() -> dict:
                 "as the matching route",
                 True,
             ),
-            "/health": _get("200 when the engine is up, 503 `healthcheck` otherwise"),
+            "/health": _get("liveness: 200 while the engine loop runs, 503 `healthcheck` otherwise"),
             "/ping": _get("same as /health"),
+            "/ready": _get("readiness: 200 when a new request would be admitted, 503 `unavailable` otherwise"),
             "/info": _get("model and router limits"),
             "/metrics": _get("Prometheus metrics: TGI's series and per-tier QoS series", "text/plain"),
             "/v1/models": _get("the served model, OpenAI's shape"),

@@ -1,7 +1,7 @@
 """The latency predictor `niyama serve` starts with: given, or measured once per model and device.
 
 With no `--latency-profile`, the server profiles the model on this device at
-start-up (the quick grid: minutes on a CPU, seconds on a GPU) and caches the
+start-up (the small `STARTUP` grid: under a minute on a CPU, seconds on a GPU) and caches the
 result under `$NIYAMA_CACHE/profiles/` (default `~/.cache/niyama/profiles/`),
 keyed by checkpoint, device and dtype, so only the first start pays for it.
 The predictor then keeps correcting itself online from the steps it sees.

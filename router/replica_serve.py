@@ -7,7 +7,7 @@ actor (`worker.ray_worker`). Ray places the actors with the resources
 GPUs, else an equal share of the CPU cores (torch threads set to match).
 With no `--ray-address` a local Ray cluster is started; with one, the
 replicas go wherever that cluster has room, on any node. Each replica's
-latency predictor comes from `--latency-profile`, else from the quick profile
+latency predictor comes from `--latency-profile`, else from the start-up profile
 its actor measures once per model and device (cached on that node).
 """
 
@@ -151,4 +151,4 @@ def serve_replicas(args: argparse.Namespace) -> int:
         for i, p in enumerate(parts)
     ]
     lines.append(f"QoS: policy {args.policy}, tiers {', '.join(tiers.names)} (default {tiers.default}; {tiers.source})")
-    return run_app(app, args, started, tuple(lines))
+    return run_app(app, args, settings, started, tuple(lines))

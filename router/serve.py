@@ -2,7 +2,7 @@
 
 Start-up, in order: the tier file (fail fast on a bad one), the model, the KV
 cache (`--max-batch-total-tokens` tokens, or a share of free memory), the
-latency predictor (`--latency-profile`, else a cached quick profile of this
+latency predictor (`--latency-profile`, else a cached start-up profile of this
 model on this device), the scheduler and engine, then uvicorn. SIGTERM or
 SIGINT stops taking connections and starts the engine's drain at once:
 running requests get `--grace-period` seconds, the rest end with an in-stream
@@ -36,6 +36,8 @@ from niyama.worker.runner import ModelRunner
 
 from .app import create_app
 from .engine_core import EngineCore
+from .faults import FaultyWorker
+from .limits import server_options
 from .profiles import startup_predictor
 from .settings import ServerSettings
 from .tokenizer import TextTokenizer
@@ -70,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-top-n-tokens", type=int, default=5)
     p.add_argument("--max-client-batch-size", type=int, default=4, help="prompts per /v1/completions request")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer <key>` on generation routes")
+    p.add_argument("--max-concurrent-requests-per-key", type=int, default=None, help="per API key (429 beyond)")
+    p.add_argument("--payload-limit", type=int, default=2_000_000, help="largest request body in bytes (413 beyond)")
+    p.add_argument("--max-header-bytes", type=int, default=32_768, help="largest request head in bytes (431 beyond)")
+    p.add_argument("--stream-send-timeout", type=float, default=30.0, help="seconds a non-reading client is kept")
+    p.add_argument("--inject-step-failures", type=float, default=0.0, metavar="RATE", help="testing: fail steps")
+    p.add_argument("--inject-seed", type=int, default=None, help="seed of --inject-step-failures")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get at shutdown")
@@ -134,15 +142,19 @@ def main(argv: list[str]) -> int:
     try:
         settings = server_settings(args, loaded.model_id, loaded.max_context, spec.capacity_tokens, loaded.device.type)
         predictor = startup_predictor(args.latency_profile, loaded)
+        worker = ModelRunner(loaded, spec)
+        if args.inject_step_failures:
+            worker = FaultyWorker(worker, args.inject_step_failures, args.inject_seed)
+            log.warning("fault injection: %.1f%% of steps will fail on purpose", 100 * args.inject_step_failures)
     except (ValueError, ProfileError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
     scheduler = make_scheduler(
         args.policy, tiers, BlockAllocator(spec.num_blocks, spec.block_size), predictor, **scheduler_options(args)
     )
-    core = EngineCore(scheduler, ModelRunner(loaded, spec), loaded.eos_token_ids, time.monotonic)
+    core = EngineCore(scheduler, worker, loaded.eos_token_ids, time.monotonic)
     app = create_app(core, TextTokenizer(loaded.tokenizer), tiers, settings, shutdown_grace_seconds=args.grace_period)
-    return run_app(app, args, started, (
+    return run_app(app, args, settings, started, (
         f"model: {loaded.model_id} ({loaded.dtype}, {loaded.path})",
         f"device: {loaded.device}; KV cache: {spec.capacity_tokens} tokens ({spec.num_blocks} blocks of "
         f"{spec.block_size}); max input/total tokens: {settings.max_input_tokens}/{settings.max_total_tokens}",
@@ -162,6 +174,9 @@ def server_settings(
         max_concurrent_requests=args.max_concurrent_requests, max_best_of=args.max_best_of,
         max_stop_sequences=args.max_stop_sequences, max_top_n_tokens=args.max_top_n_tokens,
         max_client_batch_size=args.max_client_batch_size, api_key=args.api_key, compute_type=compute_type,
+        payload_limit=args.payload_limit, max_header_bytes=args.max_header_bytes,
+        max_concurrent_requests_per_key=args.max_concurrent_requests_per_key,
+        stream_send_timeout=args.stream_send_timeout,
     )  # fmt: skip
     if max_total > max_context:
         raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({max_context})")
@@ -176,13 +191,13 @@ def scheduler_options(args: argparse.Namespace) -> dict[str, object]:
     return {"token_budget": budget, "chunk_sizes": tuple(s for s in CHUNK_SIZES if s <= budget) or (budget,)}
 
 
-def run_app(app, args: argparse.Namespace, started: float, lines: tuple[str, ...]) -> int:
+def run_app(app, args: argparse.Namespace, settings: ServerSettings, started: float, lines: tuple[str, ...]) -> int:
     """Log what is served, then serve ``app`` until SIGTERM/SIGINT (0 after a drained shutdown)."""
     for line in lines:
         log.info(line)
     log.info("ready in %.1f s: http://%s:%s (API: /docs)", time.monotonic() - started, args.hostname, args.port)
     config = uvicorn.Config(app, host=args.hostname, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.grace_period + 5)  # fmt: skip
+                            timeout_graceful_shutdown=args.grace_period + 5, **server_options(settings))  # fmt: skip
     server = _Server(config, app.state.begin_shutdown)
     server.run()
     return 0 if server.started else 1

@@ -11,12 +11,19 @@ turn events into JSON.
 
 `EventStreamResponse` sends an SSE body and watches the connection: a client
 that leaves cancels the stream at once, whatever it is waiting on, and the
-generations are aborted by the stream's own cleanup.
+generations are aborted by the stream's own cleanup. A client that stays
+connected but reads nothing is bounded too: uvicorn stops a `send` once
+64 KiB wait in the connection's buffer, the tokens generated meanwhile wait
+in the generation's queue (at most its `max_new_tokens`), and a send that
+waits longer than `--stream-send-timeout` aborts the request like a
+disconnect, so a stalled reader cannot hold its KV blocks and concurrency
+permit for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +36,8 @@ from .engine_core import TokenOutput
 from .errors import ClientDisconnected
 from .stop_sequences import StopMatcher
 from .tokenizer import TextTokenizer
+
+log = logging.getLogger("niyama.router")
 
 STOP_SEQUENCE = "stop_sequence"
 KEEPALIVE_SECONDS = 15.0
@@ -141,31 +150,56 @@ async def token_batches(generation: Generation, pipeline: TokenPipeline) -> Asyn
             await generation.aclose()
 
 
+class ClientStalled(Exception):
+    """The client read nothing for the stream's send timeout."""
+
+
 class EventStreamResponse:
-    """An SSE answer (status 200) whose body is ``chunks``; stops the moment the client disconnects.
+    """An SSE answer (status 200) whose body is ``chunks``; stops the moment the client disconnects or stalls.
 
     ``on_close`` always runs at the end (whether the body was sent, failed, or
     never started): it aborts what is left of the generations and gives the
-    concurrency permits back.
+    concurrency permits back. ``stalled`` tells it that the client stopped
+    reading for ``send_timeout`` seconds.
     """
 
     def __init__(
-        self, chunks: AsyncIterator[bytes], headers: dict[str, str], on_close: Callable[[], Awaitable[None]]
+        self,
+        chunks: AsyncIterator[bytes],
+        headers: dict[str, str],
+        on_close: Callable[[], Awaitable[None]],
+        send_timeout: float = 30.0,
     ) -> None:
         self.chunks = chunks
         self.on_close = on_close
+        self.send_timeout = send_timeout
+        self.stalled = False
         self.headers = [(b"content-type", b"text/event-stream")] + [
             (name.lower().encode(), value.encode()) for name, value in {**SSE_HEADERS, **headers}.items()
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = self._bounded(send)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             await run_until_disconnect(receive, self._send_body(send))
         except ClientDisconnected:
             pass
+        except ClientStalled:
+            self.stalled = True
+            log.warning("a client read nothing for %.0f s: its stream is aborted", self.send_timeout)
         finally:
             await self.on_close()
+
+    def _bounded(self, send: Send) -> Send:
+        async def bounded(message: dict) -> None:
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ClientStalled from None
+
+        return bounded
 
     async def _send_body(self, send: Send) -> None:
         try:

@@ -49,20 +49,16 @@ async def _generate(
         body.inputs, body.parameters, state.tokenizer, state.settings, default_return_full_text=default_full_text
     )
     if stream:
-        permit = state.inference.admit()
-        try:
-            generation, pipeline = state.inference.start(valid, intake.qos)
-        except BaseException:
-            permit.release()
-            raise
+        admitted = await state.inference.start_admitted(intake.caller, [valid], intake.qos)
+        ((generation, pipeline),) = admitted.started
         formatter = tgi_format.StreamFormatter(valid, body.parameters.details, state.tokenizer)
         run = Run(generation, pipeline, lambda batch: formatter.events(batch, pipeline, generation.seed))
         headers = stream_headers(intake, len(valid.inputs), state.settings.compute_type)
         return stream_answer(
-            request, [run], permit, headers,
+            request, [run], admitted, headers,
             lambda: state.inference.record_success(intake.started, valid, generation, pipeline.count),
         )  # fmt: skip
-    (sequences,) = await complete_answer(request, [valid], intake.qos)
+    (sequences,) = await complete_answer(request, [valid], intake)
     best = sequences[0]
     headers = state.inference.record_success(intake.started, valid, best.generation, best.generated_tokens)
     headers["x-qos-tier"] = intake.qos.tier

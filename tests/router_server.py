@@ -23,6 +23,7 @@ from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.scheduler import make_scheduler
 from niyama.router.app import create_app
 from niyama.router.engine_core import EngineCore
+from niyama.router.limits import server_options
 from niyama.router.settings import ServerSettings
 from niyama.router.tokenizer import TextTokenizer
 
@@ -44,8 +45,13 @@ def tiny_model():
     return tiny_llama(torch.float32, vocab_size=VOCAB, max_position_embeddings=1024)
 
 
-def tiny_core(kv_tokens: int = 8192, worker: Callable | None = None, eos: frozenset[int] = frozenset()) -> EngineCore:
-    runner, allocator = make_runner(tiny_loaded(tiny_model(), max_context=1024), kv_tokens=kv_tokens, block_size=16)
+def tiny_core(
+    kv_tokens: int = 8192, worker: Callable | None = None, eos: frozenset[int] = frozenset(), model=None
+) -> EngineCore:
+    """An engine core on ``model`` (default: the float32 tiny Llama); ``worker`` wraps the runner."""
+    runner, allocator = make_runner(
+        tiny_loaded(model or tiny_model(), max_context=1024), kv_tokens=kv_tokens, block_size=16
+    )
     scheduler = make_scheduler(
         "niyama", builtin_tier_config("default"), allocator, LatencyPredictor.reference("a100-llama3-8b")
     )
@@ -57,7 +63,8 @@ class ThreadedServer:
 
     def __init__(self, app) -> None:
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        options = server_options(app.state.niyama.settings)  # the same transport limits as `niyama serve`
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ThreadedServer:

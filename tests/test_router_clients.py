@@ -8,7 +8,6 @@ SIGTERM mid-stream. Only the base URL differs from each client's own examples.
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,13 @@ import pytest
 import requests
 from huggingface_hub import InferenceClient
 from openai import OpenAI
-from support import reference_greedy
+from support import free_port, reference_greedy
 from text_generation import AsyncClient, Client
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "The capital of France is"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(*extra: str) -> tuple[subprocess.Popen, str]:

@@ -97,7 +97,7 @@ class WorkerActor:
         )
 
     def latency_profile(self) -> str:
-        """This replica's quick profile (JSON text), measured once per model and device on its node."""
+        """This replica's start-up profile (JSON text), measured once per model and device on its node."""
         return cached_profile(self.loaded).read_text(encoding="utf-8")
 
     def step(self, registrations: list[Registration], plan: Plan) -> StepResult:

@@ -26,6 +26,10 @@ from niyama.qos.plan import TokenLogprob
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Below this temperature a request samples its most likely token, as vLLM does: the warped scores'
+# limit, where dividing by the temperature itself would overflow to inf and leave nothing to sample.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -68,7 +72,9 @@ class SamplingParams:
         if not self.samples:
             return []
         chain: list[Processor] = []
-        if self.temperature is not None and self.temperature != 1.0:
+        if self.temperature is not None and self.temperature < GREEDY_TEMPERATURE:
+            chain.append(_most_likely)
+        elif self.temperature is not None and self.temperature != 1.0:
             chain.append(TemperatureLogitsWarper(self.temperature))
         if self.top_k:
             chain.append(TopKLogitsWarper(self.top_k))
@@ -77,6 +83,17 @@ class SamplingParams:
         if self.typical_p is not None and self.typical_p < 1.0:
             chain.append(TypicalLogitsWarper(self.typical_p))
         return chain
+
+
+def _most_likely(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Temperature -> 0: all the probability on the highest score (the first of equals)."""
+    return torch.full_like(scores, -torch.inf).scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
+
+
+def _finite(scores: torch.Tensor) -> torch.Tensor:
+    """Scores a user's extreme parameters overflowed (a penalty near 0...) as their limit: +inf the largest
+    number, nan never chosen. Otherwise one request's numbers would make sampling raise and fail its whole step."""
+    return torch.nan_to_num(scores, nan=-torch.inf, posinf=torch.finfo(scores.dtype).max)
 
 
 class _FrequencyPenalty:
@@ -121,7 +138,7 @@ class RequestSampler:
         ids = torch.tensor([list(history)], device=logits.device)
         for processor in self.processors:
             scores = processor(ids, scores)
-        return scores[0]
+        return _finite(scores[0])
 
 
 @dataclass(frozen=True, slots=True)

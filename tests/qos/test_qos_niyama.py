@@ -49,6 +49,20 @@ def test_scheduler_sizes_the_step_from_the_most_urgent_decode():
     assert spans(plan) == [("chat", 10, 1, True, True), ("doc", 0, 2551, False, False)]
 
 
+def test_steps_leave_a_newly_arriving_request_time_to_start():
+    # Guard 0.01 x Q1's 6 s TTFT = 0.06 s for a step. All-prefill steps on the reference model, x 1.2:
+    # 384 tokens -> 0.0557 fits, 512 tokens -> 0.0683 does not.
+    guarded = Driver("niyama", arrival_guard=0.01)
+    guarded.add("doc", "Q2", 0.0, 5000)
+    assert spans(guarded.scheduler.schedule(0.0)) == [("doc", 0, 384, False, False)]
+    unguarded = Driver("niyama", arrival_guard=0.0)
+    unguarded.add("doc", "Q2", 0.0, 5000)
+    assert spans(unguarded.scheduler.schedule(0.0)) == [("doc", 0, 2552, False, False)]
+    default = Driver("niyama")  # 0.25 x 6 s = 1.5 s: every size fits on the A100 reference model
+    default.add("doc", "Q2", 0.0, 5000)
+    assert spans(default.scheduler.schedule(0.0)) == [("doc", 0, 2552, False, False)]
+
+
 def test_low_kv_memory_caps_dynamic_steps():
     d = Driver("niyama", blocks=1000, block_size=16)  # memory is low below 100 free blocks
     d.add("hog", "Q3", 0.0, 15_000, new=50)

@@ -1,0 +1,37 @@
+"""Server-sent events, parsed line by line as they arrive (the WHATWG rules the two APIs use).
+
+An event is the ``data:`` lines before a blank line, joined with newlines;
+one optional space after the colon is dropped; comment lines (``:``, TGI's
+keep-alive) and other fields (``event:``, ``id:``, ``retry:``) are ignored.
+Both TGI and OpenAI-compatible servers put one JSON object in each event;
+OpenAI streams end with the event ``[DONE]``, TGI streams just end.
+"""
+
+from __future__ import annotations
+
+DONE = "[DONE]"
+
+
+class SseParser:
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: bytes) -> str | None:
+        """One line (with or without its line ending); the event's data when the line ends an event."""
+        text = line.decode("utf-8").rstrip("\r\n")
+        if not text:
+            if not self._data:
+                return None
+            data = "\n".join(self._data)
+            self._data = []
+            return data
+        if text.startswith(":"):
+            return None
+        field, _, value = text.partition(":")
+        if field == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def close(self) -> str | None:
+        """The last event, for a stream that ended without its final blank line."""
+        return self.feed(b"")

@@ -1,0 +1,89 @@
+"""What the hardening tests share: the error envelope, polling, the server's settled state, paced steps."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import requests
+
+
+def assert_envelope(response: requests.Response, status: int, error_type: str) -> str:
+    """``response`` is ``status`` with TGI's JSON envelope of ``error_type``; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
+    return body["error"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def settled(server) -> bool:
+    """Nothing in flight: every KV block free, no generation, no concurrency permit held."""
+    state = server.state
+    stats = state.engine.scheduler.stats()
+    return stats.free_blocks == stats.total_blocks and state.engine.in_flight == 0 and state.inference.limit.in_use == 0
+
+
+class PacedWorker:
+    """The real runner, at least ``seconds`` per step: requests stay in flight long enough to look at them."""
+
+    seconds = 0.02
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.sequences = runner.sequences
+
+    def add_sequence(self, *args):
+        return self.runner.add_sequence(*args)
+
+    def remove_sequence(self, request_id: str) -> None:
+        self.runner.remove_sequence(request_id)
+
+    def execute(self, plan):
+        started = time.monotonic()
+        result = self.runner.execute(plan)
+        time.sleep(max(0.0, self.seconds - (time.monotonic() - started)))
+        return result
+
+
+class HeldStream:
+    """A `/generate_stream` request that has started (one event read) and stays in flight until closed.
+
+    The line iterator is kept: dropping it would make urllib3 close the connection, i.e. disconnect.
+    """
+
+    def __init__(self, url: str, body: dict, headers: dict[str, str] | None = None) -> None:
+        self.response = requests.post(url + "/generate_stream", json=body, headers=headers, stream=True, timeout=30)
+        assert self.response.status_code == 200, self.response.text
+        self.lines = self.response.iter_lines()
+        next(self.lines)
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> HeldStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(url: str, timeout: float = 10.0) -> socket.socket:
+    """A raw TCP connection to the test server (for what ordinary clients cannot do)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
