@@ -22,6 +22,8 @@ from niyama.qos.simulator import SimSetup, simulate
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload, parse_rate_schedule
 
+from .report import print_and_save
+
 TRACE = "azure-code"
 TIERS = "paper"
 MIX = (1 / 3, 1 / 3, 1 / 3)
@@ -103,12 +105,7 @@ def main() -> None:
             {k: f.result() for k, f in transient.items()},
             {k: f.result() for k, f in silo.items()},
         )
-    lines.append(f"\nWall time: {time.perf_counter() - started:.0f} s with {args.jobs} processes.")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+    print_and_save(lines, started, args.jobs, args.output)
 
 
 def _pct(value: float) -> str:

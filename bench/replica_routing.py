@@ -30,6 +30,8 @@ from niyama.qos.simulator import SimSetup, simulate
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload
 
+from .report import print_and_save
+
 TRACE = "azure-code"
 TIERS = "paper"
 MIX = (1 / 3, 1 / 3, 1 / 3)
@@ -183,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = measure(plan, args.jobs)
     lines = report(plan, results)
-    lines.append(f"\nWall time: {time.perf_counter() - started:.0f} s with {args.jobs} processes.")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+    print_and_save(lines, started, args.jobs, args.output)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(as_json(plan, results), out, indent=1)

@@ -1,5 +1,8 @@
 """Markdown tables of bench results: per tier for one run, and per probe for a goodput search.
 
+Also how the simulator benchmarks (qos_policies, replica_routing) print and
+save their Markdown reports.
+
 Inputs are the JSON-ready dicts that ``probe.ProbeResult.to_json`` and
 ``accounting.summarize`` produce, so a report can be rebuilt from a saved
 ``results.json`` alone.
@@ -7,6 +10,7 @@ Inputs are the JSON-ready dicts that ``probe.ProbeResult.to_json`` and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 
@@ -88,3 +92,13 @@ def markdown(results: dict) -> str:
     for run in results["runs"]:
         lines += ["", f"## {run['label']}", ""] + tier_table(run["summary"])
     return "\n".join(lines) + "\n"
+
+
+def print_and_save(lines: list[str], started: float, jobs: int, output: str | None) -> None:
+    """Print a simulator benchmark's report with its wall time since ``started``, and write it to ``output``."""
+    lines = [*lines, f"\nWall time: {time.perf_counter() - started:.0f} s with {jobs} processes."]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if output:
+        with open(output, "w", encoding="utf-8") as out:
+            out.write(text)
