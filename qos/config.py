@@ -25,7 +25,9 @@ Format (see docs/configuration.md)::
     default_tier = "batch"           # optional, default the file's default
     max_concurrent_requests = 8      # optional: requests this key may have in flight at once
 
-Every error is one line naming the file, the tier (or key label) and the field.
+The tables are pydantic models (``TierFile``, ``TierTable``, ``ApiKeyTable``,
+unknown fields forbidden); their first problem becomes one line naming the
+file, the tier (or key label) and the field, raised as ``QosConfigError``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .api_keys import ApiKeyPolicy, ApiKeys, key_digest
 from .durations import parse_duration
@@ -41,8 +56,6 @@ from .errors import QosConfigError, UnknownTierError
 from .tiers import KIND_FIELDS, SloTargets, Tier
 
 BUILTIN_CONFIGS = {"default": "default_tiers.toml", "paper": "paper_tiers.toml"}
-_TIER_FIELDS = {"name", "kind", "ttft", "tbt", "ttlt", "importance", "expected_output_tokens"}
-_KEY_FIELDS = {"name", "key", "tiers", "default_tier", "max_concurrent_requests"}
 
 
 @dataclass(frozen=True)
@@ -80,16 +93,6 @@ class TierConfig:
     def requires_api_key(self) -> bool:
         return len(self.api_keys) > 0
 
-    def allowed_tiers(self, api_key: str | None) -> tuple[str, ...] | None:
-        """Tiers ``api_key`` may use; None for an unknown key."""
-        policy = self.api_keys.lookup(api_key)
-        return None if policy is None else policy.tiers
-
-    def default_tier_for(self, api_key: str | None) -> str | None:
-        """The tier a request with ``api_key`` gets when it names none; None for an unknown key."""
-        policy = self.api_keys.lookup(api_key)
-        return None if policy is None else policy.default_tier
-
 
 def load_tier_config(path: str | Path) -> TierConfig:
     path = Path(path)
@@ -116,101 +119,175 @@ def resolve_tier_config(spec: str) -> TierConfig:
 
 
 def parse_tier_config(data: dict, source: str) -> TierConfig:
-    unknown = set(data) - {"default", "tiers", "api_keys"}
-    if unknown:
-        raise QosConfigError(f"{source}: unknown top-level field {sorted(unknown)[0]!r}")
-    raw_tiers = data.get("tiers")
-    if not isinstance(raw_tiers, list) or not raw_tiers:
-        raise QosConfigError(f"{source}: field 'tiers': at least one [[tiers]] table is required")
-    tiers: list[Tier] = []
-    for index, raw in enumerate(raw_tiers):
-        tier = _parse_tier(raw, source, index)
-        if any(t.name == tier.name for t in tiers):
-            raise QosConfigError(f"{source}: tier {tier.name!r}: field 'name': duplicate tier name")
-        tiers.append(tier)
-    names = [t.name for t in tiers]
-    default = data.get("default", names[0] if len(names) == 1 else None)
-    if default is None:
-        raise QosConfigError(f"{source}: field 'default': required with more than one tier (one of {', '.join(names)})")
-    if default not in names:
-        raise QosConfigError(f"{source}: field 'default': {default!r} is not a tier (one of {', '.join(names)})")
-    keys = _parse_api_keys(data.get("api_keys", []), source, names, default)
-    return TierConfig(tuple(tiers), default, keys, source)
+    """The configuration in ``data`` (a parsed tier file); ``QosConfigError`` naming ``source`` otherwise."""
+    try:
+        tier_file = TierFile.model_validate(data)
+    except ValidationError as error:
+        raise QosConfigError(f"{source}: {_first_problem(error.errors(include_url=False), data)}") from None
+    keys = {key_digest(table.key): table.policy(index, tier_file) for index, table in enumerate(tier_file.api_keys)}
+    return TierConfig(tuple(table.tier() for table in tier_file.tiers), tier_file.default, ApiKeys(keys), source)
 
 
-def _parse_tier(raw: object, source: str, index: int) -> Tier:
-    where = f"{source}: tiers[{index}]"
-    if not isinstance(raw, dict):
-        raise QosConfigError(f"{where}: expected a [[tiers]] table")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise QosConfigError(f"{where}: field 'name': required, a non-empty string")
-    where = f"{source}: tier {name!r}"
-    unknown = set(raw) - _TIER_FIELDS
-    if unknown:
-        raise QosConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-    kind = raw.get("kind")
-    if kind not in KIND_FIELDS:
-        raise QosConfigError(f"{where}: field 'kind': must be \"interactive\" or \"batch\", got {kind!r}")
-    targets = {}
-    for target in ("ttft", "tbt", "ttlt"):
-        value = raw.get(target)
-        if target not in KIND_FIELDS[kind]:
-            if value is not None:
-                raise QosConfigError(f"{where}: field {target!r}: {kind} tiers have only {' and '.join(KIND_FIELDS[kind])}")
-            continue
-        if value is None:
-            raise QosConfigError(f"{where}: field {target!r}: required for {kind} tiers")
-        try:
-            targets[target] = parse_duration(value)
-        except ValueError as exc:
-            raise QosConfigError(f"{where}: field {target!r}: {exc}") from None
-    importance = raw.get("importance", 0)
-    if isinstance(importance, bool) or not isinstance(importance, (int, float)):
-        raise QosConfigError(f"{where}: field 'importance': expected a number, got {importance!r}")
-    expected = raw.get("expected_output_tokens")
-    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or expected <= 0):
-        raise QosConfigError(f"{where}: field 'expected_output_tokens': expected a positive integer, got {expected!r}")
-    return Tier(name, kind, SloTargets(**targets), float(importance), expected)
+# -- the file's tables --------------------------------------------------------
 
 
-def _parse_api_keys(raw_keys: object, source: str, names: list[str], default: str) -> ApiKeys:
-    if not isinstance(raw_keys, list):
-        raise QosConfigError(f"{source}: field 'api_keys': expected [[api_keys]] tables")
-    policies: dict[str, ApiKeyPolicy] = {}
-    for index, raw in enumerate(raw_keys):
-        where = f"{source}: api_keys[{index}]"
-        if not isinstance(raw, dict):
-            raise QosConfigError(f"{where}: expected an [[api_keys]] table")
-        label = raw.get("name", f"api_keys[{index}]")
-        if not isinstance(label, str) or not label:
-            raise QosConfigError(f"{where}: field 'name': expected a non-empty string")
-        where = f"{source}: api key {label!r}"
-        unknown = set(raw) - _KEY_FIELDS
-        if unknown:
-            raise QosConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-        key = raw.get("key")
-        if not isinstance(key, str) or not key:
-            raise QosConfigError(f"{where}: field 'key': required, a non-empty string")
-        allowed = raw.get("tiers", names)
-        if not isinstance(allowed, list) or not allowed or not all(isinstance(t, str) for t in allowed):
-            raise QosConfigError(f"{where}: field 'tiers': expected a non-empty list of tier names")
-        for tier in allowed:
-            if tier not in names:
-                raise QosConfigError(f"{where}: field 'tiers': {tier!r} is not a tier (one of {', '.join(names)})")
-        key_default = raw.get("default_tier", default)
-        if key_default not in allowed:
-            problem = (
-                f"{key_default!r} is not among its tiers"
-                if "default_tier" in raw
-                else f"required, since the file default {default!r} is not among its tiers"
-            )
-            raise QosConfigError(f"{where}: field 'default_tier': {problem}")
-        limit = raw.get("max_concurrent_requests")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise QosConfigError(f"{where}: field 'max_concurrent_requests': expected an integer >= 1, got {limit!r}")
-        digest = key_digest(key)
-        if digest in policies:
-            raise QosConfigError(f"{where}: field 'key': same key as api key {policies[digest].label!r}")
-        policies[digest] = ApiKeyPolicy(label, tuple(dict.fromkeys(allowed)), key_default, limit)
-    return ApiKeys(policies)
+def _problem(where: str, field: str, message: str) -> PydanticCustomError:
+    """A check across fields, already worded: ``where`` (a tier, a key, or "" for the file), field, message."""
+    return PydanticCustomError("tier_file", "{message}", {"where": where, "field": field, "message": message})
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty")
+    return value
+
+
+def _duration(value: Any) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+Name = Annotated[str, Strict(), AfterValidator(_non_empty)]
+Duration = Annotated[float | None, BeforeValidator(_duration)]
+
+
+class TierTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    kind: Literal["interactive", "batch"]
+    ttft: Duration = None
+    tbt: Duration = None
+    ttlt: Duration = None
+    importance: Annotated[float, Strict()] = 0.0
+    expected_output_tokens: Annotated[int, Strict(), Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _targets_of_kind(self) -> TierTable:
+        for target in ("ttft", "tbt", "ttlt"):
+            given = getattr(self, target) is not None
+            if target not in KIND_FIELDS[self.kind] and given:
+                have = " and ".join(KIND_FIELDS[self.kind])
+                raise _problem(f"tier {self.name!r}", target, f"{self.kind} tiers have only {have}")
+            if target in KIND_FIELDS[self.kind] and not given:
+                raise _problem(f"tier {self.name!r}", target, f"required for {self.kind} tiers")
+        return self
+
+    def tier(self) -> Tier:
+        targets = SloTargets(**{target: getattr(self, target) for target in KIND_FIELDS[self.kind]})
+        return Tier(self.name, self.kind, targets, self.importance, self.expected_output_tokens)
+
+
+class ApiKeyTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    key: Annotated[str, Strict(), Field(min_length=1)]
+    tiers: Annotated[list[Annotated[str, Strict()]], Field(min_length=1)] | None = None  # None: every tier
+    default_tier: Any = None  # None: the file's default
+    max_concurrent_requests: Annotated[int, Strict(), Field(ge=1)] | None = None
+
+    def label(self, index: int) -> str:
+        return self.name or f"api_keys[{index}]"
+
+    def policy(self, index: int, tier_file: TierFile) -> ApiKeyPolicy:
+        allowed = tuple(dict.fromkeys(self.tiers or [t.name for t in tier_file.tiers]))
+        default = tier_file.default if self.default_tier is None else self.default_tier
+        return ApiKeyPolicy(self.label(index), allowed, default, self.max_concurrent_requests)
+
+
+class TierFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: Any = None  # required with more than one tier
+    tiers: Annotated[list[TierTable], Field(min_length=1)]
+    api_keys: list[ApiKeyTable] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> TierFile:
+        names: list[str] = []
+        for tier in self.tiers:
+            if tier.name in names:
+                raise _problem(f"tier {tier.name!r}", "name", "duplicate tier name")
+            names.append(tier.name)
+        if self.default is None and len(names) == 1:
+            self.default = names[0]
+        if self.default not in names:
+            problem = "required with more than one tier" if self.default is None else f"{self.default!r} is not a tier"
+            raise _problem("", "default", f"{problem} (one of {', '.join(names)})")
+        owners: dict[str, str] = {}
+        for index, table in enumerate(self.api_keys):
+            where = f"api key {table.label(index)!r}"
+            for tier in table.tiers or ():
+                if tier not in names:
+                    raise _problem(where, "tiers", f"{tier!r} is not a tier (one of {', '.join(names)})")
+            policy = table.policy(index, self)
+            if policy.default_tier not in policy.tiers:
+                problem = (
+                    f"required, since the file default {self.default!r} is not among its tiers"
+                    if table.default_tier is None
+                    else f"{table.default_tier!r} is not among its tiers"
+                )
+                raise _problem(where, "default_tier", problem)
+            digest = key_digest(table.key)
+            if digest in owners:
+                raise _problem(where, "key", f"same key as api key {owners[digest]!r}")
+            owners[digest] = policy.label
+        return self
+
+
+# -- pydantic's errors as today's one-line messages -----------------------------
+
+_MESSAGES = {
+    ("tiers", "name"): lambda v: "required, a non-empty string",
+    ("tiers", "kind"): lambda v: f'must be "interactive" or "batch", got {v!r}',
+    ("tiers", "importance"): lambda v: f"expected a number, got {v!r}",
+    ("tiers", "expected_output_tokens"): lambda v: f"expected a positive integer, got {v!r}",
+    ("api_keys", "name"): lambda v: "expected a non-empty string",
+    ("api_keys", "key"): lambda v: "required, a non-empty string",
+    ("api_keys", "tiers"): lambda v: "expected a non-empty list of tier names",
+    ("api_keys", "max_concurrent_requests"): lambda v: f"expected an integer >= 1, got {v!r}",
+}
+_SECTIONS = {"tiers": 1, "default": 2, "api_keys": 3}  # the order today's checks ran in; unknown fields first
+
+
+def _first_problem(errors: list[ErrorDetails], data: dict) -> str:
+    def order(error: ErrorDetails) -> tuple[int, int, int]:
+        loc = error["loc"]
+        index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else -1
+        field = loc[2] if len(loc) > 2 else None
+        return (
+            _SECTIONS.get(loc[0], 0) if loc else 4,
+            index,
+            0 if field == "name" else 1 + (error["type"] != "extra_forbidden"),
+        )
+
+    return _describe(min(errors, key=order), data)
+
+
+def _describe(error: ErrorDetails, data: dict) -> str:
+    loc, kind = error["loc"], error["type"]
+    if kind == "tier_file":
+        where, field, message = (error["ctx"][key] for key in ("where", "field", "message"))
+        return f"{where + ': ' if where else ''}field {field!r}: {message}"
+    if len(loc) == 1:
+        return {
+            "tiers": "field 'tiers': at least one [[tiers]] table is required",
+            "api_keys": "field 'api_keys': expected [[api_keys]] tables",
+        }.get(loc[0], f"unknown top-level field {loc[0]!r}")
+    section, index = loc[0], loc[1]
+    if len(loc) == 2:
+        table = "a [[tiers]]" if section == "tiers" else "an [[api_keys]]"
+        return f"{section}[{index}]: expected {table} table"
+    field, raw = loc[2], data[section][index]
+    if section == "tiers":
+        name = raw.get("name")
+        valid = isinstance(name, str) and name.strip() and field != "name"
+        where = f"tier {name!r}" if valid else f"tiers[{index}]"
+    else:
+        where = f"api_keys[{index}]" if field == "name" else f"api key {raw.get('name', f'api_keys[{index}]')!r}"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field {field!r}"
+    value = None if kind == "missing" else error.get("input")
+    describe = _MESSAGES.get((section, field))
+    message = describe(value) if describe else str(error["ctx"]["error"])  # the durations' own words
+    return f"{where}: field {field!r}: {message}"

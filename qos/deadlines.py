@@ -11,16 +11,17 @@ first token must not make every later token late too).
 - Batch tier: only the last token has an objective (``arrival + ttlt``). Its
   first token is due early enough to decode the expected output at a
   conservative pace: ``arrival + ttlt - expected_tokens * seconds_per_token``
-  (0.4 s per token, 15 tokens when neither the tier nor ``max_new_tokens``
-  says otherwise: the reference implementation's values), and the later
-  tokens follow that pace.
+  (``BATCH_SECONDS_PER_TOKEN``, 0.4 s per token, the one default of
+  ``PolicyConfig.batch_seconds_per_token``; 15 tokens when neither the tier
+  nor ``max_new_tokens`` says otherwise: the reference implementation's
+  values), and the later tokens follow that pace.
 """
 
 from __future__ import annotations
 
 from .tiers import SloTargets
 
-BATCH_SECONDS_PER_TOKEN = 0.4
+BATCH_SECONDS_PER_TOKEN = 0.4  # the only definition: PolicyConfig.batch_seconds_per_token defaults to it
 UNKNOWN_OUTPUT_TOKENS = 15
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from niyama.qos.config import builtin_tier_config, load_tier_config, resolve_tier_config
+from niyama.qos.config import builtin_tier_config, load_tier_config, parse_tier_config, resolve_tier_config
 from niyama.qos.durations import format_duration, parse_duration
 from niyama.qos.errors import QosConfigError, SloOverrideError, UnknownTierError
 from niyama.qos.tiers import SloTargets, apply_overrides
@@ -47,7 +47,17 @@ def write(tmp_path, text: str):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("2s", 2.0), ("10m", 600.0), ("1h", 3600.0), ("1.5s", 1.5), (" 250 ms ", 0.25), (3, 3.0), (0.05, 0.05), ("7", 7.0)],
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("10m", 600.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        (" 250 ms ", 0.25),
+        (3, 3.0),
+        (0.05, 0.05),
+        ("7", 7.0),
+    ],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds, rel=0, abs=1e-12)
@@ -78,19 +88,22 @@ def test_load_good_file(tmp_path):
 def test_api_key_lookups(tmp_path):
     config = load_tier_config(write(tmp_path, GOOD))
     assert config.requires_api_key
-    assert config.allowed_tiers(SECRET) == ("jobs",)
-    assert config.default_tier_for(SECRET) == "jobs"
+    team_a = config.api_keys.lookup(SECRET)
+    assert (team_a.label, team_a.tiers, team_a.default_tier) == ("team-a", ("jobs",), "jobs")
     # Omitted tiers means every tier; omitted default_tier means the file default.
-    assert config.allowed_tiers("other-key") == ("chat", "jobs")
-    assert config.default_tier_for("other-key") == "chat"
-    assert config.allowed_tiers("nope") is None and config.default_tier_for(None) is None
+    other = config.api_keys.lookup("other-key")
+    assert (other.label, other.tiers, other.default_tier) == ("api_keys[1]", ("chat", "jobs"), "chat")
+    assert config.api_keys.lookup("nope") is None and config.api_keys.lookup(None) is None
     assert SECRET not in repr(config) and "team-a" in repr(config)
 
 
 def test_api_key_default_must_be_allowed(tmp_path):
     with pytest.raises(QosConfigError) as info:
         load_tier_config(write(tmp_path, GOOD.replace('default_tier = "jobs"', 'default_tier = "chat"')))
-    assert str(info.value) == f"{tmp_path / 'tiers.toml'}: api key 'team-a': field 'default_tier': 'chat' is not among its tiers"
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'tiers.toml'}: api key 'team-a': field 'default_tier': 'chat' is not among its tiers"
+    )
 
 
 def test_duplicate_key_error_never_shows_the_key(tmp_path):
@@ -104,7 +117,9 @@ def test_duplicate_key_error_never_shows_the_key(tmp_path):
 
 def test_key_limited_to_other_tiers_needs_its_own_default(tmp_path):
     # team-a may only use "jobs" while the file default is "chat".
-    with pytest.raises(QosConfigError, match=r"api key 'team-a': field 'default_tier': required, since the file default 'chat'"):
+    with pytest.raises(
+        QosConfigError, match=r"api key 'team-a': field 'default_tier': required, since the file default 'chat'"
+    ):
         load_tier_config(write(tmp_path, GOOD.replace('default_tier = "jobs"\n', "")))
 
 
@@ -122,6 +137,26 @@ def test_key_limited_to_other_tiers_needs_its_own_default(tmp_path):
         (('default = "chat"', 'default = "gold"'), "field 'default': 'gold' is not a tier"),
         (('default = "chat"', ""), "field 'default': required with more than one tier"),
         (('tiers = ["jobs"]', 'tiers = ["gold"]'), "api key 'team-a': field 'tiers': 'gold' is not a tier"),
+        (
+            ('tiers = ["jobs"]', "tiers = []"),
+            "api key 'team-a': field 'tiers': expected a non-empty list of tier names",
+        ),
+        (
+            ('tiers = ["jobs"]', "tiers = [1]"),
+            "api key 'team-a': field 'tiers': expected a non-empty list of tier names",
+        ),
+        (('key = "other-key"', 'key = ""'), "api key 'api_keys[1]': field 'key': required, a non-empty string"),
+        (('name = "team-a"', 'name = ""'), "api_keys[0]: field 'name': expected a non-empty string"),
+        (('name = "team-a"', 'name = "team-a"\nrole = "x"'), "api key 'team-a': unknown field 'role'"),
+        (('name = "chat"', 'name = " "'), "tiers[0]: field 'name': required, a non-empty string"),
+        (('name = "chat"', "name = 3"), "tiers[0]: field 'name': required, a non-empty string"),
+        (('kind = "interactive"', ""), "tier 'chat': field 'kind': must be \"interactive\" or \"batch\", got None"),
+        (("importance = 5", "importance = true"), "tier 'chat': field 'importance': expected a number, got True"),
+        (("importance = 5", 'importance = "5"'), "tier 'chat': field 'importance': expected a number, got '5'"),
+        (("expected_output_tokens = 200", "expected_output_tokens = 2.5"), "expected a positive integer, got 2.5"),
+        (('ttlt = "10m"', "ttlt = 0"), "tier 'jobs': field 'ttlt': a duration must be positive, got 0"),
+        (('default = "chat"', 'default = "chat"\nversion = 2'), "unknown top-level field 'version'"),
+        (('default = "chat"', "default = 3"), "field 'default': 3 is not a tier (one of chat, jobs)"),
     ],
 )
 def test_invalid_files_name_file_tier_and_field(tmp_path, edit, expected):
@@ -134,6 +169,27 @@ def test_invalid_files_name_file_tier_and_field(tmp_path, edit, expected):
     assert message.startswith(str(path) + ": ")
     assert expected in message
     assert "\n" not in message
+
+
+ONE = [{"name": "a", "kind": "batch", "ttlt": 1}]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({}, "src: field 'tiers': at least one [[tiers]] table is required"),
+        ({"tiers": []}, "src: field 'tiers': at least one [[tiers]] table is required"),
+        ({"tiers": ["x"]}, "src: tiers[0]: expected a [[tiers]] table"),
+        ({"tiers": [{"kind": "batch", "ttlt": 1}]}, "src: tiers[0]: field 'name': required, a non-empty string"),
+        ({"tiers": ONE, "api_keys": 3}, "src: field 'api_keys': expected [[api_keys]] tables"),
+        ({"tiers": ONE, "api_keys": [3]}, "src: api_keys[0]: expected an [[api_keys]] table"),
+        ({"tiers": ONE, "api_keys": [{}]}, "src: api key 'api_keys[0]': field 'key': required, a non-empty string"),
+    ],
+)  # fmt: skip
+def test_invalid_structures(data, expected):
+    with pytest.raises(QosConfigError) as info:
+        parse_tier_config(data, "src")
+    assert str(info.value) == expected
 
 
 def test_unreadable_and_non_toml(tmp_path):
