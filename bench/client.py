@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from .apis import Api
-from .sse import DONE, SseParser
+from .sse import DONE, aevents
 from .workload import BenchRequest
 
 TIER_HEADER = "x-qos-tier"
@@ -84,7 +84,7 @@ async def stream(session: aiohttp.ClientSession, target: Target, prompt: str, re
     except asyncio.CancelledError:
         record.error = record.error or "cancelled (run stopped)"
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:  # ValueError: a bad event
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: a bad event
         record.error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     finally:
         record.done = True
@@ -92,12 +92,8 @@ async def stream(session: aiohttp.ClientSession, target: Target, prompt: str, re
 
 
 async def _read_events(answer: aiohttp.ClientResponse, api: Api, record: Record) -> None:
-    parser = SseParser()
     finished = False
-    async for line in answer.content:
-        data = parser.feed(line)
-        if data is None:
-            continue
+    async for data in aevents(answer.content):
         now = clock()
         if data == DONE:
             break

@@ -7,8 +7,6 @@ not know), raised before a single timed request is sent.
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import orjson
 
@@ -28,7 +26,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> object | None:
             if answer.status != 200:
                 return None
             return orjson.loads(await answer.read())
-    except (aiohttp.ClientError, orjson.JSONDecodeError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
         return None
 
 
@@ -36,7 +34,7 @@ async def check_reachable(session: aiohttp.ClientSession, base: str) -> None:
     try:
         async with session.get(base + "/health") as answer:
             await answer.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise BenchError(f"cannot reach {base}: {error or type(error).__name__}") from None
 
 
@@ -70,7 +68,7 @@ def server_tokenize(session: aiohttp.ClientSession, base: str, api_key: str | No
                 if answer.status != 200:
                     raise BenchError(f"{base}/tokenize answered HTTP {answer.status}: {raw[:200]!r}")
                 tokens = orjson.loads(raw)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             raise BenchError(f"{base}/tokenize failed: {error or type(error).__name__}") from None
         except orjson.JSONDecodeError:
             raise BenchError(f"{base}/tokenize did not answer JSON") from None

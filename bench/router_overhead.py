@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import socket
 import statistics
+import sys
 import time
 
 import orjson
 
 from niyama.qos.plan import Plan, SampledToken, StepResult
 
+from .servers import free_port, launch, sigterm_exits, stop, wait_healthy
+
+# The server process: this module's ``serve`` on the port given.
+SERVE = "import sys; from niyama.bench.router_overhead import serve; serve(int(sys.argv[1]))"
 # Ordinary English tokens of the SmolLM2 vocabulary: detokenization does real work.
 TOKENS = (314, 2943, 260, 3458, 282, 1345, 30, 378, 4471, 314, 1173, 8001, 288, 2106)
 
@@ -51,7 +54,7 @@ class NullWorker:
         return StepResult(tuple(tokens), 0.0)
 
 
-def serve(port: int, ready) -> None:
+def serve(port: int) -> None:
     import uvicorn
     from transformers import AutoTokenizer
 
@@ -73,14 +76,7 @@ def serve(port: int, ready) -> None:
     tokenizer = TextTokenizer(AutoTokenizer.from_pretrained(resolve_checkpoint(None)[1]))
     settings = ServerSettings("null-worker", 4096, 8192, max_concurrent_requests=4096)
     app = create_app(core, tokenizer, tiers, settings)
-    ready.set()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Stream:
@@ -160,23 +156,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time with all streams running")
     args = parser.parse_args(argv)
     port = free_port()
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    server = context.Process(target=serve, args=(port, ready), daemon=True)
-    server.start()
-    try:
-        ready.wait(120)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        gap = asyncio.run(lone_stream_gap(port, args.tokens, 20))
-        tokens_per_s, requests_per_s = asyncio.run(throughput(port, args.streams, args.tokens, args.seconds))
-    finally:
-        server.terminate()
-        server.join(10)
+    with sigterm_exits():
+        server = launch([sys.executable, "-c", SERVE, str(port)])
+        try:
+            wait_healthy(server, f"http://127.0.0.1:{port}", 120, "router-overhead")
+            gap = asyncio.run(lone_stream_gap(port, args.tokens, 20))
+            tokens_per_s, requests_per_s = asyncio.run(throughput(port, args.streams, args.tokens, args.seconds))
+        finally:
+            stop(server, grace=10)
     print(f"router overhead, null worker, {args.tokens} tokens per request:")
     print(
         f"  {args.streams} concurrent streams: {tokens_per_s:,.0f} streamed tokens/s, {requests_per_s:,.1f} requests/s"

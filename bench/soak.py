@@ -32,14 +32,16 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .prometheus import scrape
+from .servers import healthy, sigterm_exits, start_server, stop
+from .sse import DONE, aevents
 
 SCENARIOS = {"generate": 3, "stream": 3, "chat": 2, "cancel": 1, "malformed": 1}
 PROMPTS = ("Hello", "Tell me a story about a robot.", "What is the capital of France?", "Write a haiku.",
@@ -104,11 +106,10 @@ def is_final(event: dict) -> bool:
 
 async def read_stream(response, stop_after: int | None) -> str:
     events, final = 0, False
-    async for raw in response.content:
-        line = raw.strip()
-        if not line.startswith(b"data:") or line == b"data: [DONE]":
+    async for data in aevents(response.content):
+        if data == DONE:
             continue
-        event = json.loads(line[len(b"data:") :])
+        event = json.loads(data)
         if "error" in event:
             return f"failed: in-stream {event.get('error_type')}"
         final = final or is_final(event)
@@ -151,7 +152,7 @@ async def one_request(session, url: str, scenario: str, tier: str, rng: random.R
                 return await read_stream(response, rng.randint(1, 3) if scenario == "cancel" else None)
             answer = json.loads(await response.read())
             return COMPLETED if "generated_text" in answer else "lost: 200 without generated_text"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "lost: no answer within the timeout"
     except aiohttp.ClientError as error:
         return f"lost: {type(error).__name__}"
@@ -178,18 +179,6 @@ async def run_traffic(url: str, traffic: Traffic) -> Tally:
         for tier, task in tasks:
             tally.add(tier, await task)
     return tally
-
-
-def scrape(url: str) -> dict[str, float]:
-    """/metrics as {series with labels: value}."""
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def attainment(before: dict[str, float], after: dict[str, float], tiers: tuple[str, ...]) -> dict[str, float | None]:
@@ -222,25 +211,6 @@ def resident_kib(pid: int, field_name: str = "VmHWM") -> int | None:
     except OSError:
         return None
     return None
-
-
-def start_server(serve_args: list[str], port: int, log: Path, ready_timeout: float = 600.0) -> subprocess.Popen:
-    """`niyama serve` on 127.0.0.1:``port``, its output in ``log``; returns once /health answers 200."""
-    command = [sys.executable, "-m", "niyama.router.cli", "serve", "--hostname", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as output:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(command + serve_args, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"niyama serve exited with status {process.returncode} before it was ready; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"niyama serve was not ready within {ready_timeout:.0f} s; see {log}")
 
 
 def report(tally: Tally, leaked: int, peak_kib: int | None, shares: dict[str, float | None]) -> str:
@@ -279,21 +249,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     serve_args = [a for a in args.serve_args if a != "--"] or SERVE_DEFAULTS
-    process = None if args.url else start_server(serve_args, args.port, args.server_log)
-    url = args.url or f"http://127.0.0.1:{args.port}"
-    pid = process.pid if process is not None else args.pid
     traffic = Traffic(args.rate, args.duration, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    try:
-        before = scrape(url)
-        tally = asyncio.run(run_traffic(url, traffic))
-        leaked = leaked_blocks(url)
-        shares = attainment(before, scrape(url), traffic.tiers)
-        alive = urllib.request.urlopen(url + "/health", timeout=10).status == 200
-        peak = resident_kib(pid) if pid is not None else None
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+    with sigterm_exits():
+        process, url = (None, args.url) if args.url else start_server(serve_args, args.port, args.server_log, 600)
+        pid = process.pid if process is not None else args.pid
+        try:
+            before = scrape(url)
+            tally = asyncio.run(run_traffic(url, traffic))
+            leaked = leaked_blocks(url)
+            shares = attainment(before, scrape(url), traffic.tiers)
+            alive = healthy(url)
+            peak = resident_kib(pid) if pid is not None else None
+        finally:
+            if process is not None:
+                stop(process, grace=60)
     print(report(tally, leaked, peak, shares))
     print(f"server alive after the soak: {alive}" + ("" if args.url else f"; its log: {args.server_log}"))
     return 0 if alive and not leaked and not tally.count("lost: ") else 1

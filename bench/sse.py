@@ -9,6 +9,10 @@ OpenAI streams end with the event ``[DONE]``, TGI streams just end.
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from itertools import chain
+
 DONE = "[DONE]"
 
 
@@ -16,9 +20,9 @@ class SseParser:
     def __init__(self) -> None:
         self._data: list[str] = []
 
-    def feed(self, line: bytes) -> str | None:
+    def feed(self, line: bytes | str) -> str | None:
         """One line (with or without its line ending); the event's data when the line ends an event."""
-        text = line.decode("utf-8").rstrip("\r\n")
+        text = (line.decode("utf-8") if isinstance(line, bytes) else line).rstrip("\r\n")
         if not text:
             if not self._data:
                 return None
@@ -35,3 +39,25 @@ class SseParser:
     def close(self) -> str | None:
         """The last event, for a stream that ended without its final blank line."""
         return self.feed(b"")
+
+
+def events(lines: Iterable[bytes | str]) -> Iterator[str]:
+    """Each event's data from a stream's lines (``iter_lines()`` of requests or httpx, a body split on newlines)."""
+    parser = SseParser()
+    ends = (parser.feed(line) for line in chain(lines, [b""]))  # a last blank line ends an unfinished event
+    return (data for data in ends if data is not None)
+
+
+async def aevents(lines: AsyncIterable[bytes | str]) -> AsyncIterator[str]:
+    """``events`` for an asynchronous stream of lines (aiohttp's ``response.content``)."""
+    parser = SseParser()
+    async for line in lines:
+        if (data := parser.feed(line)) is not None:
+            yield data
+    if (data := parser.close()) is not None:
+        yield data
+
+
+def json_events(lines: Iterable[bytes | str]) -> list:
+    """Every event of a finished stream as JSON, OpenAI's closing ``[DONE]`` left out."""
+    return [json.loads(data) for data in events(lines) if data != DONE]

@@ -1,7 +1,6 @@
-"""Least squares in pure Python, and the piecewise-linear fit of step times.
+"""Weighted least squares (numpy), and the piecewise-linear fit of step times.
 
-A profile has a few hundred samples and five features, so normal equations
-solved by Gaussian elimination are plenty; no numpy needed. The fit minimises
+A profile has a few hundred samples and five features. The fit minimises
 *relative* error (weights 1/y^2): a 5 ms decode step mispredicted by 5 ms
 matters as much to the scheduler as a 500 ms prefill step mispredicted by
 500 ms.
@@ -11,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 # Breakpoints on the step's total tokens that the fit tries; the reference
 # model splits at 512 (where a GPU step turns from memory- to compute-bound).
@@ -37,50 +38,28 @@ class Sample:
         return (1.0, self.prefill_tokens, self.decode_tokens, self.decode_context, self.prefill_context)
 
 
-def solve_least_squares(rows: Sequence[Sequence[float]], targets: Sequence[float], weights: Sequence[float]) -> list[float]:
+def solve_least_squares(
+    rows: Sequence[Sequence[float]], targets: Sequence[float], weights: Sequence[float]
+) -> list[float]:
     """Weighted ridge least squares; a feature that never varies gets coefficient 0.
 
     Columns are scaled to unit max first so that token counts (thousands) and
-    summed contexts (millions) condition the system equally.
+    summed contexts (millions) condition the system equally. The ridge term
+    (``RIDGE`` times each scaled column's weighted sum of squares, or 1 for a
+    column of zeros) is appended as extra rows, and ``numpy.linalg.lstsq``
+    solves the whole system by SVD.
     """
-    width = len(rows[0])
-    scale = [max(abs(row[j]) for row in rows) or 1.0 for j in range(width)]
-    gram = [[0.0] * width for _ in range(width)]
-    rhs = [0.0] * width
-    for row, y, w in zip(rows, targets, weights):
-        x = [row[j] / scale[j] for j in range(width)]
-        for i in range(width):
-            wx = w * x[i]
-            rhs[i] += wx * y
-            for j in range(i, width):
-                gram[i][j] += wx * x[j]
-    for i in range(width):
-        for j in range(i):
-            gram[i][j] = gram[j][i]
-        gram[i][i] += RIDGE * (gram[i][i] or 1.0)
-    solution = _gauss(gram, rhs)
-    return [value / scale[j] for j, value in enumerate(solution)]
-
-
-def _gauss(matrix: list[list[float]], rhs: list[float]) -> list[float]:
-    n = len(rhs)
-    a = [row[:] + [b] for row, b in zip(matrix, rhs)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        a[col], a[pivot] = a[pivot], a[col]
-        if a[col][col] == 0.0:
-            continue
-        for r in range(col + 1, n):
-            factor = a[r][col] / a[col][col]
-            if factor:
-                for c in range(col, n + 1):
-                    a[r][c] -= factor * a[col][c]
-    x = [0.0] * n
-    for r in range(n - 1, -1, -1):
-        if a[r][r] == 0.0:
-            continue
-        x[r] = (a[r][n] - sum(a[r][c] * x[c] for c in range(r + 1, n))) / a[r][r]
-    return x
+    x = np.asarray(rows, dtype=float)
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0.0] = 1.0
+    root = np.sqrt(np.asarray(weights, dtype=float))[:, None]
+    weighted = x / scale * root
+    diagonal = (weighted * weighted).sum(axis=0)
+    diagonal[diagonal == 0.0] = 1.0
+    system = np.vstack([weighted, np.diag(np.sqrt(RIDGE * diagonal))])
+    rhs = np.concatenate([np.asarray(targets, dtype=float) * root[:, 0], np.zeros(x.shape[1])])
+    solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    return (solution / scale).tolist()
 
 
 def fit_segment(samples: Sequence[Sample]) -> tuple[tuple[float, ...], float]:

@@ -23,39 +23,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .errors import AdmissionError
+from .outlook import Outlook
 from .request import Request
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
 
 # Slacks closer than this are a tie (the predictors' noise): ties take turns.
 TIE_SECONDS = 0.01
 
 
-@dataclass(frozen=True, slots=True)
-class Outlook:
-    """How one replica would serve one more request."""
+class Replica(Protocol):
+    """What routing asks of a replica (a ``Scheduler`` is one): how it would serve one more request."""
 
-    deadline: float  # the request's first-token deadline
-    work: int  # prefill tokens computed before its first token, its own included
-    prefill_rate: float  # predicted prefill tokens per second at the current decode load
-
-    def first_token_at(self, now: float) -> float:
-        return now + self.work / self.prefill_rate
-
-    def slack(self, now: float) -> float:
-        return self.deadline - self.first_token_at(now)
+    def outlook(self, request: Request, now: float) -> Outlook:
+        """Raises the ``AdmissionError`` that queueing ``request`` there would raise."""
+        ...
 
 
 class RoutingPolicy(Protocol):
     name: str
 
-    def rank(self, schedulers: Sequence[Scheduler], request: Request, now: float) -> list[int]:
-        """Indices of ``schedulers``, the preferred replica first."""
+    def rank(self, replicas: Sequence[Replica], request: Request, now: float) -> list[int]:
+        """Indices of ``replicas``, the preferred one first."""
         ...
 
 
@@ -65,8 +55,8 @@ class RoundRobin:
     def __init__(self) -> None:
         self._turns = itertools.count()
 
-    def rank(self, schedulers: Sequence[Scheduler], request: Request, now: float) -> list[int]:
-        count = len(schedulers)
+    def rank(self, replicas: Sequence[Replica], request: Request, now: float) -> list[int]:
+        count = len(replicas)
         first = next(self._turns) % count if count else 0
         return [(first + offset) % count for offset in range(count)]
 
@@ -79,12 +69,12 @@ class SlackRouting:
     def __init__(self) -> None:
         self._turns = RoundRobin()
 
-    def rank(self, schedulers: Sequence[Scheduler], request: Request, now: float) -> list[int]:
-        turn = self._turns.rank(schedulers, request, now)
+    def rank(self, replicas: Sequence[Replica], request: Request, now: float) -> list[int]:
+        turn = self._turns.rank(replicas, request, now)
         slacks: dict[int, float] = {}
         for index in turn:
             try:
-                slacks[index] = schedulers[index].outlook(request, now).slack(now)
+                slacks[index] = replicas[index].outlook(request, now).slack(now)
             except AdmissionError:
                 continue  # it would refuse the request: tried last, so its error surfaces only if all refuse
         if not slacks:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Iterator
 from itertools import chain, count, islice
 
@@ -24,8 +25,10 @@ from .chunking import dynamic_step_tokens
 from .config import TierConfig
 from .errors import DuplicateRequestError
 from .intake import intake_state
-from .kv_blocks import BlockAllocator, blocks_for
+from .kv_blocks import BlockAllocator
 from .load import LoadTracker
+from .memory import affordable, decodes_fit, grow, may_admit
+from .outlook import Outlook
 from .plan import Chunk, Plan, StepResult, StepShape
 from .policy import PolicyConfig, policy_config
 from .predictor import LatencyPredictor
@@ -33,7 +36,6 @@ from .preemption import kv_victim, may_wait
 from .queues import TierQueues
 from .relegation import choose_relegations
 from .request import Request
-from .routing import Outlook
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierStats
 
@@ -59,7 +61,12 @@ class Scheduler:
         self._arrival_slack = config.arrival_guard * min(ttfts) if ttfts and config.arrival_guard else math.inf
         rate = config.initial_prefill_rate or self._largest_step_rate()
         self.load = LoadTracker(
-            rate, config.prefill_rate_decay, config.alpha, config.alpha_levels, config.hybrid_priority, config.adaptive_alpha
+            rate,
+            config.prefill_rate_decay,
+            config.alpha,
+            config.alpha_levels,
+            config.hybrid_priority,
+            config.adaptive_alpha,
         )
         self._relegated_total = [0] * len(tiers.tiers)
         self._relegated_alive = [0] * len(tiers.tiers)
@@ -87,7 +94,9 @@ class Scheduler:
         if request.id in self._states:
             raise DuplicateRequestError(f"request {request.id!r} is already scheduled")
         seq = next(self._arrivals)
-        state = intake_state(request, self.tiers, self._rank_of, self.allocator, self.config.batch_seconds_per_token, seq)
+        state = intake_state(
+            request, self.tiers, self._rank_of, self.allocator, self.config.batch_seconds_per_token, seq
+        )
         self._states[request.id] = state
         self._queues.push(state, self._key(state))
 
@@ -177,7 +186,7 @@ class Scheduler:
         for state in states:
             start = state.computed
             if start >= state.capacity:
-                self._grow(state, start + 1)
+                grow(state, start + 1, self.allocator)
             chunks.append(Chunk(state.id, start, 1, True, True))
             tables[state.id] = state.table
             decode_context += start + 1
@@ -199,16 +208,19 @@ class Scheduler:
                 if budget <= 0:
                     break
                 if state.phase is QUEUED:
-                    admitting = admitting and self._may_admit(state)
+                    running = len(self._decoding) + len(self._prefilling)
+                    admitting = admitting and may_admit(
+                        state, running, self._prefilling.values(), self.allocator, self.config
+                    )
                     if not admitting:
                         continue
-                take = min(state.remaining, budget, self._affordable(state))
+                take = min(state.remaining, budget, affordable(state, self.allocator))
                 if take <= 0:
                     continue
                 start = state.computed
                 end = start + take
                 if end > state.capacity:
-                    self._grow(state, end)
+                    grow(state, end, self.allocator)
                 if state.phase is QUEUED:
                     self._admit(state)
                 chunks.append(Chunk(state.id, start, take, end == state.known, False))
@@ -267,30 +279,6 @@ class Scheduler:
 
     # -- memory ----------------------------------------------------------------
 
-    def _may_admit(self, state: RequestState) -> bool:
-        """Start (or restart) a queued request only if its whole known context fits beside the running ones.
-
-        Partial prefills' outstanding blocks and a small watermark stay
-        reserved, so newcomers do not strand the requests already started.
-        """
-        running = len(self._decoding) + len(self._prefilling)
-        if not running:
-            return True
-        if self.config.max_running is not None and running >= self.config.max_running:
-            return False
-        size = self.allocator.block_size
-        reserved = sum(blocks_for(s.known, size) - len(s.table) for s in self._prefilling.values())
-        watermark = math.ceil(self.config.kv_watermark * self.allocator.num_blocks)
-        return self.allocator.num_free >= blocks_for(state.known, size) + reserved + watermark
-
-    def _affordable(self, state: RequestState) -> int:
-        """Tokens ``state`` can compute now with the blocks it holds and the free ones."""
-        return state.capacity + self.allocator.num_free * self.allocator.block_size - state.computed
-
-    def _grow(self, state: RequestState, end: int) -> None:
-        state.table = self.allocator.grow(state.id, end)
-        state.capacity = len(state.table) * self.allocator.block_size
-
     def _admit(self, state: RequestState) -> None:
         self._queues.remove(state)
         state.phase = PREFILLING
@@ -298,11 +286,8 @@ class Scheduler:
         self._prefilling[state.id] = state
 
     def _relieve_decode_pressure(self, preempted: list[str]) -> None:
-        """Preempt until every running decode can take its next position (each needs at most one block)."""
-        while len(self._decoding) > self.allocator.num_free:
-            needed = sum(1 for s in self._decoding.values() if s.computed >= s.capacity)
-            if needed <= self.allocator.num_free:
-                return
+        """Preempt until every running decode can take its next position."""
+        while not decodes_fit(self._decoding.values(), self.allocator):
             running = chain(self._decoding.values(), self._prefilling.values())
             self._preempt(kv_victim(running, self.config.importance_preemption), preempted)
 
@@ -368,13 +353,8 @@ class Scheduler:
         return finished
 
     def stats(self) -> SchedulerStats:
-        count = len(self.tiers.tiers)
-        prefilling = [0] * count
-        running = [0] * count
-        for state in self._prefilling.values():
-            prefilling[state.tier_index] += 1
-        for state in self._decoding.values():
-            running[state.tier_index] += 1
+        prefilling = Counter(state.tier_index for state in self._prefilling.values())
+        running = Counter(state.tier_index for state in self._decoding.values())
         per_tier = {
             name: TierStats(
                 self._queues.depth(i) + self._queues.relegated_depth(i), self._relegated_alive[i],

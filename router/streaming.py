@@ -238,6 +238,3 @@ async def run_until_disconnect(receive: Receive, work: Awaitable[object]) -> obj
 
 def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
-
-
-Formatter = Callable[[list[TokenEvent]], bytes]

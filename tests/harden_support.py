@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import requests
 
+from niyama.bench import prometheus
+
 
 def assert_envelope(response: requests.Response, status: int, error_type: str) -> str:
     """``response`` is ``status`` with TGI's JSON envelope of ``error_type``; returns the message."""
@@ -23,6 +25,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def metric(server, name: str, default: float | None = None) -> float:
+    """The server's series ``name`` (with its labels, e.g. ``tgi_request_failure{err="internal"}``) from /metrics.
+
+    A series the server has not written is ``default``, or fails the test when no default is given.
+    """
+    series = prometheus.parse(requests.get(server.url + "/metrics", timeout=10).text)
+    if default is None:
+        assert name in series, f"{name} not in /metrics"
+    return series.get(name, default)
 
 
 def settled(server) -> bool:

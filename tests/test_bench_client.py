@@ -11,7 +11,7 @@ from niyama.bench import client as client_module
 from niyama.bench.accounting import outcome
 from niyama.bench.apis import APIS
 from niyama.bench.client import Record, Target, new_session, stream
-from niyama.bench.sse import SseParser
+from niyama.bench.sse import SseParser, aevents, events, json_events
 from niyama.bench.workload import BenchRequest
 from niyama.qos.tiers import SloTargets
 
@@ -23,6 +23,23 @@ def test_sse_parser_follows_the_event_stream_rules():
     events = [e for e in map(parser.feed, lines) if e is not None]
     assert events == ['{"a":1}', '{"b":2}\nmore', "[DONE]"]
     assert parser.feed(b"data: tail") is None and parser.close() == "tail"
+
+
+def test_events_of_a_whole_stream_sync_and_async_the_same():
+    lines = [b": keep-alive", b'data: {"a":1}', b"", b"", b'data: {"b":', b"data: 2}", b"", b"data: [DONE]", b""]
+    assert list(events(lines)) == ['{"a":1}', '{"b":\n2}', "[DONE]"]
+    assert json_events(lines) == [{"a": 1}, {"b": 2}]
+    assert list(events([b"data: unfinished"])) == ["unfinished"]  # a stream cut before its blank line
+    assert json_events(line.decode() for line in lines) == [{"a": 1}, {"b": 2}]  # httpx's lines are str
+
+    async def lines_async():
+        for line in lines:
+            yield line
+
+    async def collect() -> list[str]:
+        return [data async for data in aevents(lines_async())]
+
+    assert asyncio.run(collect()) == list(events(lines))
 
 
 def _run(server: FakeServer, api: str, request: BenchRequest, clock: FakeClock | None = None) -> Record:

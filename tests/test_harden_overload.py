@@ -6,7 +6,6 @@ The traffic comes from `bench/soak.py`, which classifies every request's end.
 """
 
 import asyncio
-import socket
 import time
 
 import aiohttp
@@ -14,7 +13,9 @@ import pytest
 from router_server import real_tokenizer, tiny_model
 
 from niyama.bench import soak
-from niyama.bench.soak import Traffic, attainment, leaked_blocks, resident_kib, run_traffic, scrape, start_server
+from niyama.bench.prometheus import scrape
+from niyama.bench.servers import start_server, stop
+from niyama.bench.soak import Traffic, attainment, leaked_blocks, resident_kib, run_traffic
 
 TIERS_TOML = """
 default = "interactive"
@@ -36,28 +37,21 @@ LIMIT = 48  # --max-concurrent-requests
 PROMPTS = tuple(f"Request {i}: " + "tell me a long story about the sea " * 18 for i in range(8))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
     tiny_model().save_pretrained(folder)
     real_tokenizer().hf.save_pretrained(folder)
     (folder / "tiers.toml").write_text(TIERS_TOML)
-    port = free_port()
-    process = start_server(
+    process, url = start_server(
         ["--model-id", str(folder), "--qos-config", str(folder / "tiers.toml"), "--latency-profile", "a100-llama3-8b",
          "--max-concurrent-requests", str(LIMIT), "--max-total-tokens", "256", "--max-batch-prefill-tokens", "256",
          "--max-batch-total-tokens", "16384", "--log-level", "warning"],
-        port, folder / "server.log", ready_timeout=300,
+        log=folder / "server.log", timeout=300,
     )  # fmt: skip
-    yield process, f"http://127.0.0.1:{port}"
-    process.terminate()
-    assert process.wait(timeout=60) == 0  # a drained, graceful exit
+    yield process, url
+    stop(process, grace=60)
+    assert process.returncode == 0  # a drained, graceful exit
 
 
 async def measure_capacity(url: str) -> float:

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import requests
+from harden_support import metric, wait_until
 from router_server import tiny_core, tiny_server
 
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -36,23 +37,9 @@ def events(response) -> list[bytes]:
     return [chunk[len(b"data: ") :] for chunk in chunks]
 
 
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def blocks_all_free(server) -> bool:
     stats = server.state.engine.scheduler.stats()
     return stats.free_blocks == stats.total_blocks and server.state.engine.in_flight == 0
-
-
-def metric(server, name) -> float:
-    for line in requests.get(server.url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_tgi_stream_is_exactly_tgis_sse_and_never_sends_done(server):

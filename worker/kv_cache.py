@@ -48,10 +48,6 @@ class KVCacheSpec:
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
-    @property
-    def num_slots(self) -> int:
-        return self.num_blocks * self.block_size
-
 
 def kv_shape_of(config) -> tuple[int, int, int]:
     """(layers, kv heads, head dim) of a transformers decoder config."""
@@ -116,7 +112,7 @@ def _budget(device: torch.device, memory_fraction: float | None) -> float:
 class PagedKVCache:
     def __init__(self, spec: KVCacheSpec) -> None:
         self.spec = spec
-        shape = (spec.num_slots, spec.kv_heads, spec.head_dim)
+        shape = (spec.capacity_tokens, spec.kv_heads, spec.head_dim)
         places = [spec.layer_device(layer) for layer in range(spec.num_layers)]
         self.keys = [torch.zeros(shape, dtype=spec.dtype, device=where) for where in places]
         self.values = [torch.zeros(shape, dtype=spec.dtype, device=where) for where in places]

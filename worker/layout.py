@@ -46,7 +46,7 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
     keep: list[int] = []  # step rows whose logits are computed
     sample_rows: list[int] = []
     prompt_rows: list[PromptRows] = []
-    decodes: list[tuple[int, tuple[int, ...], int]] = []  # row, block table, context length
+    single_queries: list[tuple[int, tuple[int, ...], int]] = []  # row, block table, context length
     chunks: list[ChunkAttention] = []
     for chunk in plan.chunks:
         seq = sequences[chunk.request_id]
@@ -68,7 +68,10 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
             sample_rows.append(len(keep))
             keep.append(row + chunk.length - 1)
         if chunk.length == 1:
-            decodes.append((row, table, chunk.end))
+            # One query row: the batched paged path, whether it is a decode (``Chunk.is_decode``, the
+            # scheduler's and the latency model's notion) or a one-token prefill chunk; the attention
+            # is the same.
+            single_queries.append((row, table, chunk.end))
         elif chunk.start == 0:
             chunks.append(ChunkAttention(row, chunk.length))
         else:
@@ -83,8 +86,8 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
         write_slots=torch.tensor(slots, dtype=torch.long, device=device),
         chunks=chunks,
     )
-    if decodes:
-        rows, tables, ends = zip(*decodes)
+    if single_queries:
+        rows, tables, ends = zip(*single_queries)
         blocks, mask = _decode_context(tables, ends, block_size)
         attention.decode_rows = torch.tensor(rows, dtype=torch.long, device=device)
         attention.decode_blocks, attention.decode_mask = blocks.to(device), mask.to(device)
