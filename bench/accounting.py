@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from niyama.engine.report import percentile
 from niyama.qos.config import TierConfig
-from niyama.qos.report import percentile
 from niyama.qos.slo import SloOutcome, evaluate
 from niyama.qos.tiers import SloTargets
 

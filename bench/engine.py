@@ -22,16 +22,17 @@ import time
 import torch
 from transformers import GenerationConfig
 
+from niyama.engine.core import EngineCore
+from niyama.engine.protocol import SamplingParams
+from niyama.engine.request import GenerationRequest
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.kv_blocks import BlockAllocator
 from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.scheduler import make_scheduler
-from niyama.router.engine_core import EngineCore, GenerationRequest
 from niyama.worker.kv_cache import size_cache
 from niyama.worker.loading import LoadedModel, load_model
 from niyama.worker.profile import time_step
 from niyama.worker.runner import ModelRunner
-from niyama.worker.sampling import SamplingParams
 
 from .prompts import prompt_token_ids
 
@@ -72,8 +73,8 @@ def run_niyama(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, b
     core = EngineCore(scheduler, runner, loaded.eos_token_ids, time.monotonic)
     outputs: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        request = GenerationRequest(tuple(prompt), SamplingParams(), new_tokens, "batch", ignore_eos=True)
-        core.add(f"r{i}", request, time.monotonic())
+        request = GenerationRequest.of(prompt, SamplingParams(), new_tokens, "batch", ignore_eos=True)
+        core.add(request.submitted(f"r{i}", time.monotonic()))
         outputs[f"r{i}"] = []
     while core.has_work:
         step = core.step()

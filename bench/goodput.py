@@ -1,6 +1,6 @@
 """Goodput search against a real server: the highest rate with at most 1% of requests missing.
 
-The same definition and the same search as ``niyama.qos.capacity.goodput``
+The same definition and the same search as ``niyama.engine.capacity.goodput``
 (bracket by doubling or halving from a start rate, then bisect
 geometrically; a probe is ok when misses <= 1% of its requests), in a
 stepwise form: ``next_rate()`` says what to probe, ``record(probe)`` takes the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from niyama.qos.capacity import MISS_BUDGET, Probe
+from niyama.engine.capacity import MISS_BUDGET, Probe
 
 
 def miss_budget(requests: int) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from niyama.qos.capacity import Probe
+from niyama.engine.capacity import Probe
 from niyama.qos.config import TierConfig
 from niyama.qos.traces import Trace
 from niyama.qos.workload import RatePhase

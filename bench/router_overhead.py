@@ -22,8 +22,6 @@ import time
 
 import orjson
 
-from niyama.qos.plan import Plan, SampledToken, StepResult
-
 from .servers import free_port, launch, sigterm_exits, stop, wait_healthy
 
 # The server process: this module's ``serve`` on the port given.
@@ -32,38 +30,18 @@ SERVE = "import sys; from niyama.bench.router_overhead import serve; serve(int(s
 TOKENS = (314, 2943, 260, 3458, 282, 1345, 30, 378, 4471, 314, 1173, 8001, 288, 2106)
 
 
-class NullWorker:
-    """The worker boundary with no model behind it: one token per sampling chunk, at once."""
-
-    def __init__(self) -> None:
-        self.sequences: set[str] = set()
-        self.next = 0
-
-    def add_sequence(self, request_id: str, prompt_ids: list[int], params) -> None:
-        self.sequences.add(request_id)
-
-    def remove_sequence(self, request_id: str) -> None:
-        self.sequences.discard(request_id)
-
-    def execute(self, plan: Plan) -> StepResult:
-        tokens = []
-        for chunk in plan.chunks:
-            if chunk.sample:
-                self.next += 1
-                tokens.append(SampledToken(chunk.request_id, TOKENS[self.next % len(TOKENS)], -1.0))
-        return StepResult(tuple(tokens), 0.0)
-
-
 def serve(port: int) -> None:
     import uvicorn
     from transformers import AutoTokenizer
 
+    from niyama.engine.replicas import ReplicaParts, ReplicaSet
+    from niyama.engine.virtual import VirtualWorker
     from niyama.qos.config import builtin_tier_config
     from niyama.qos.kv_blocks import BlockAllocator
     from niyama.qos.predictor import LatencyPredictor
+    from niyama.qos.routing import make_routing
     from niyama.qos.scheduler import make_scheduler
     from niyama.router.app import create_app
-    from niyama.router.engine_core import EngineCore
     from niyama.router.settings import ServerSettings
     from niyama.router.tokenizer import TextTokenizer
     from niyama.worker.loading import resolve_checkpoint
@@ -72,10 +50,11 @@ def serve(port: int) -> None:
     scheduler = make_scheduler(
         "niyama", tiers, BlockAllocator(1 << 16, 16), LatencyPredictor.reference("a100-llama3-8b"), max_running=1024
     )
-    core = EngineCore(scheduler, NullWorker(), frozenset(), time.monotonic)
+    null_worker = VirtualWorker(lambda *shape: 0.0, TOKENS)  # one token per sampling chunk, at once
+    engine = ReplicaSet([ReplicaParts(scheduler, null_worker, frozenset())], None, make_routing("slack"))
     tokenizer = TextTokenizer(AutoTokenizer.from_pretrained(resolve_checkpoint(None)[1]))
     settings = ServerSettings("null-worker", 4096, 8192, max_concurrent_requests=4096)
-    app = create_app(core, tokenizer, tiers, settings)
+    app = create_app(engine, tokenizer, tiers, settings)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
 
 

@@ -17,13 +17,13 @@ import random
 import statistics
 import time
 
+from niyama.engine.simulator import SimSetup, simulate
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.kv_blocks import BlockAllocator
 from niyama.qos.plan import StepResult
 from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.request import Request
 from niyama.qos.scheduler import make_scheduler
-from niyama.qos.simulator import SimSetup, simulate
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload
 
@@ -79,7 +79,7 @@ def simulation_speed(trace_name: str = "azure-conv", seconds: float = 3600.0) ->
     trace = load_trace(trace_name)
     requests = build_workload(trace, tiers, (1 / 3,) * 3, (RatePhase(trace.native_rate, seconds),), seconds, 0)
     start = time.perf_counter()
-    result = simulate(SimSetup(tiers, "niyama"), requests)
+    result = simulate(SimSetup(tiers), requests)
     return time.perf_counter() - start, len(requests), result.steps
 
 

@@ -14,7 +14,6 @@ from .errors import AdmissionError, RequestTooLargeError
 from .kv_blocks import BlockAllocator, blocks_for
 from .request import Request
 from .state import RequestState
-from .tiers import apply_overrides
 
 
 def intake_state(
@@ -25,15 +24,15 @@ def intake_state(
     seconds_per_token: float,
     seq: int,
 ) -> RequestState:
-    """The new request's state; ``UnknownTierError``, ``SloOverrideError``,
-    ``RequestTooLargeError`` or ``AdmissionError`` (non-positive lengths) otherwise."""
+    """The new request's state; ``UnknownTierError``, ``RequestTooLargeError`` or
+    ``AdmissionError`` (non-positive lengths) otherwise."""
     tier = tiers.tier(request.tier)
     if request.prompt_len < 1 or request.max_new_tokens < 1:
         raise AdmissionError(
             f"request {request.id!r}: prompt length and max new tokens must be at least 1, "
             f"got {request.prompt_len} and {request.max_new_tokens}"
         )
-    targets = apply_overrides(tier, request.ttft, request.tbt, request.ttlt)
+    targets = request.targets or tier.targets
     total = request.prompt_len + request.max_new_tokens
     if blocks_for(total, allocator.block_size) > allocator.num_blocks:
         raise RequestTooLargeError(

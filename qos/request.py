@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .tiers import SloTargets
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
     """A request as the scheduler sees it: token counts and targets, no text.
 
-    ``ttft``/``tbt``/``ttlt`` are optional per-request overrides in seconds;
-    they may only tighten the tier's targets (see ``tiers.apply_overrides``).
-    ``arrival`` is on the same clock as the ``now`` given to the scheduler.
+    ``targets`` are the request's own targets when it tightened its tier's
+    (resolved once, where the request is made: ``tiers.apply_overrides``);
+    None keeps the tier's. ``arrival`` is on the same clock as the ``now``
+    given to the scheduler.
     """
 
     id: str
@@ -19,6 +22,4 @@ class Request:
     arrival: float
     prompt_len: int
     max_new_tokens: int
-    ttft: float | None = None
-    tbt: float | None = None
-    ttlt: float | None = None
+    targets: SloTargets | None = None

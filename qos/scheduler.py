@@ -38,6 +38,7 @@ from .relegation import choose_relegations
 from .request import Request
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierStats
+from .tiers import SloTargets
 
 
 class Scheduler:
@@ -81,11 +82,11 @@ class Scheduler:
 
     # -- requests in and out -------------------------------------------------
 
-    def add(self, request: Request, now: float) -> None:
-        """Queue a request. Raises an ``AdmissionError`` (HTTP 422) if it can never be served.
+    def add(self, request: Request, now: float) -> SloTargets:
+        """Queue a request; its targets as settled at intake. Raises an ``AdmissionError`` (HTTP 422)
+        if it can never be served.
 
-        ``UnknownTierError`` for an unknown tier, ``SloOverrideError`` for a
-        loosened or foreign target, ``RequestTooLargeError`` when its prompt
+        ``UnknownTierError`` for an unknown tier, ``RequestTooLargeError`` when its prompt
         plus max new tokens exceed the whole KV cache,
         ``DuplicateRequestError`` for a known id, ``AdmissionError`` for
         non-positive lengths. Deadlines count from ``request.arrival``; ``now``
@@ -99,6 +100,7 @@ class Scheduler:
         )
         self._states[request.id] = state
         self._queues.push(state, self._key(state))
+        return state.targets
 
     def finish(self, request_id: str) -> None:
         """Release a request (EOS, stop sequence, disconnect, error): idempotent, unknown ids ignored."""

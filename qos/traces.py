@@ -68,7 +68,7 @@ def load_trace(spec: str) -> Trace:
     return parse_trace(text, str(path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin(name: str) -> Trace:
     text = (files("niyama.qos") / "data" / BUILTIN_TRACES[name]).read_text(encoding="utf-8")
     return parse_trace(text, name)

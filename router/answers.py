@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from .engine import Generation, GenerationError
+from niyama.engine.generation import Generation, GenerationError
+
 from .errors import CLIENT_STALLED, INCOMPLETE, ApiError, as_event, generation_error
 from .inference import Admitted, Sequence
 from .intake import Intake, server
@@ -114,7 +115,7 @@ async def complete_answer(request: Request, valids: list[ValidRequest], intake: 
     """
     inference = server(request).inference
     each = [valid for valid in valids for _ in range(valid.best_of)]
-    admitted = await inference.start_admitted(intake.caller, each, intake.qos)
+    admitted = await inference.start_admitted(intake.caller, each, intake.tier, intake.targets)
     try:
         sequences = await run_until_disconnect(request.receive, inference.run_all(admitted.started))
     finally:
@@ -128,4 +129,4 @@ async def complete_answer(request: Request, valids: list[ValidRequest], intake: 
 
 
 def stream_headers(intake: Intake, inputs_chars: int, compute_type: str) -> dict[str, str]:
-    return {"x-compute-type": compute_type, "x-compute-characters": str(inputs_chars), "x-qos-tier": intake.qos.tier}
+    return {"x-compute-type": compute_type, "x-compute-characters": str(inputs_chars), "x-qos-tier": intake.tier}

@@ -1,10 +1,12 @@
 """`create_app`: the Starlette app around one engine, with every route of the TGI contract.
 
-The app owns the engine's lifetime: the loop starts with the app (inside the
-running event loop, as `AsyncEngine` requires) and, at shutdown, running
-requests get `shutdown_grace_seconds` to finish before the rest fail with an
-in-stream error. `begin_shutdown` starts that drain early, when the signal
-arrives, so streams end while the server still waits for its connections.
+The app owns the engine's lifetime: its loops start with the app (inside the
+running event loop) and, at shutdown, running requests get
+`shutdown_grace_seconds` to finish before the rest fail with an in-stream
+error; then the workers stop. `begin_shutdown` starts that drain early, when
+the signal arrives, so streams end while the server still waits for its
+connections. The app's `Metrics` observe the engine, and a probe measures the
+event loop's lag (`niyama_event_loop_lag_seconds`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from niyama.engine.replicas import ReplicaSet
 from niyama.qos.config import TierConfig
 
 from . import errors, info_routes, openai_routes, tgi_routes
-from .engine import AsyncEngine
-from .engine_core import EngineCore
 from .inference import Inference
 from .limits import PayloadLimit
+from .loop_lag import LoopLagProbe
 from .metrics import Metrics
-from .replicas import ReplicaSet
+from .replica_metrics import ReplicaCollector
 from .settings import ServerSettings
 from .state import ServerState
 from .tokenizer import TextTokenizer
@@ -72,17 +74,21 @@ ROUTES = [
 
 
 def create_app(
-    core: EngineCore | Callable[[Metrics], ReplicaSet],
+    engine: ReplicaSet,
     tokenizer: TextTokenizer,
     tiers: TierConfig,
     settings: ServerSettings,
     *,
     shutdown_grace_seconds: float = 30.0,
+    run_config: dict | None = None,
 ) -> Starlette:
-    """The app around one engine core, or around the replica set ``core(metrics)`` builds (`--replicas`)."""
+    """The app around ``engine``, which it starts, observes (its metrics) and stops."""
     metrics = Metrics(tiers, settings.max_input_tokens, settings.max_total_tokens)
-    engine = AsyncEngine(core, observer=metrics) if isinstance(core, EngineCore) else core(metrics)
-    state = ServerState(settings, tokenizer, tiers, engine, metrics, Inference(engine, tokenizer, settings, metrics))
+    engine.observer = metrics
+    metrics.registry.register(ReplicaCollector(engine))
+    lag = LoopLagProbe(metrics.registry)
+    inference = Inference(engine, tokenizer, settings, metrics)
+    state = ServerState(settings, tokenizer, tiers, engine, metrics, inference, run_config)
     draining: list[asyncio.Task] = []
 
     def begin_shutdown() -> None:
@@ -93,11 +99,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         engine.start()
+        lag.start()
         try:
             yield
         finally:
             begin_shutdown()
             await draining[0]
+            await lag.stop()
             await engine.close()
 
     limits = [Middleware(PayloadLimit, limit=settings.payload_limit)]

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("niyama.router.serve", "serve a model over the TGI protocol with QoS tiers"),
     "profile": ("niyama.worker.profile", "measure step times on this device for the latency predictor"),
-    "simulate": ("niyama.qos.simulate_cli", "replay a trace through a scheduler on a virtual clock"),
+    "simulate": ("niyama.engine.simulate_cli", "replay a trace through a scheduler on a virtual clock"),
     "bench": ("niyama.bench.cli", "benchmarks: `bench engine`, `bench serve`"),
 }
 

@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from niyama.engine.generation import GenerationError
+from niyama.engine.replicas import EngineStopping, NoReplicaServing
 from niyama.qos.errors import AdmissionError
-
-from .engine import EngineStopping, GenerationError
 
 log = logging.getLogger("niyama.router")
 
@@ -96,6 +96,8 @@ def from_exception(error: BaseException) -> ApiError:
         return ApiError(499, "the client closed the connection", "client_closed")
     if isinstance(error, EngineStopping):
         return ApiError(503, "the server is shutting down and takes no new requests", SHUTTING_DOWN)
+    if isinstance(error, NoReplicaServing):
+        return ApiError(503, str(error), SHUTTING_DOWN)
     return ApiError(500, f"internal error: {type(error).__name__}: {error}", "internal")
 
 
@@ -125,6 +127,7 @@ def install(app: Starlette) -> None:
         AdmissionError,
         GenerationError,
         EngineStopping,
+        NoReplicaServing,
         ClientDisconnected,
         Exception,
     ):

@@ -15,12 +15,14 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from niyama.engine.generation import Generation
+from niyama.engine.replicas import ReplicaSet
+from niyama.engine.request import GenerationRequest
+from niyama.qos.tiers import SloTargets
+
 from .admission import Admission, Permit
 from .auth import Caller
-from .engine import AsyncEngine, Generation
-from .engine_core import GenerationRequest
 from .metrics import Metrics
-from .qos_headers import QosChoice
 from .settings import ServerSettings
 from .streaming import TokenEvent, TokenPipeline, token_batches
 from .tokenizer import TextTokenizer
@@ -67,7 +69,7 @@ class Admitted:
 
 class Inference:
     def __init__(
-        self, engine: AsyncEngine, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
+        self, engine: ReplicaSet, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -78,16 +80,17 @@ class Inference:
         )
         self.limit = self.admission.total
 
-    def _start(self, valid: ValidRequest, qos: QosChoice) -> tuple[Generation, TokenPipeline]:
-        """Submit one generation (raises the scheduler's AdmissionError, or EngineStopping)."""
-        request = GenerationRequest(
-            valid.prompt_ids, valid.params, valid.max_new_tokens, qos.tier, qos.ttft, qos.tbt, qos.ttlt,
-            valid.ignore_eos,
-        )  # fmt: skip
+    def _start(self, valid: ValidRequest, tier: str, targets: SloTargets | None) -> tuple[Generation, TokenPipeline]:
+        """Submit one generation (raises the scheduler's AdmissionError, EngineStopping or NoReplicaServing)."""
+        request = GenerationRequest.of(
+            valid.prompt_ids, valid.params, valid.max_new_tokens, tier, targets, valid.ignore_eos
+        )
         generation = self.engine.submit(request)
         return generation, TokenPipeline(self.tokenizer, valid.prompt_ids, valid.stop)
 
-    async def start_admitted(self, caller: Caller, valids: list[ValidRequest], qos: QosChoice) -> Admitted:
+    async def start_admitted(
+        self, caller: Caller, valids: list[ValidRequest], tier: str, targets: SloTargets | None
+    ) -> Admitted:
         """One permit and one started generation per entry of ``valids``, or none at all.
 
         Raises 429 beyond a concurrency limit before anything starts; if a
@@ -97,7 +100,7 @@ class Inference:
         admitted = Admitted(self.admission.acquire(caller, len(valids)), [])
         try:
             for valid in valids:
-                admitted.started.append(self._start(valid, qos))
+                admitted.started.append(self._start(valid, tier, targets))
         except BaseException:
             await admitted.close()
             raise
@@ -125,10 +128,10 @@ class Inference:
     ) -> dict[str, str]:
         """Count a finished request in /metrics; returns TGI's timing headers (milliseconds; compute time in s)."""
         now = time.monotonic()
-        timing = generation.timing
-        admitted = timing.admitted if timing.admitted is not None else timing.arrival
-        total, validation = now - started, timing.arrival - started
-        queue, inference = admitted - timing.arrival, now - admitted
+        arrival = generation.request.arrival
+        admitted = generation.admitted if generation.admitted is not None else arrival
+        total, validation = now - started, arrival - started
+        queue, inference = admitted - arrival, now - admitted
         self.metrics.request_succeeded(
             total, validation, queue, inference, valid.input_length, generated, valid.max_new_tokens
         )

@@ -1,10 +1,12 @@
 """Routes that describe the server rather than generate: health, readiness, info, metrics, API docs.
 
 Liveness and readiness are split, as TGI's users asked: `/health` (and
-`/ping`) says the process and its engine loop are alive, and stays 200 under
-any load and while draining, so an orchestrator never restarts a busy server;
-`/ready` says whether a new request would be admitted now (not shutting down,
-below `--max-concurrent-requests`), so a load balancer sends work elsewhere.
+`/ping`) says the process and its engine are alive, and stays 200 under any
+load, while draining and while a lost worker is being replaced, so an
+orchestrator never restarts a busy or recovering server; `/ready` says
+whether a new request would be admitted now (not shutting down, a replica
+serving, below `--max-concurrent-requests`), so a load balancer sends work
+elsewhere.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from .errors import HEALTHCHECK, SHUTTING_DOWN, ApiError, json_response
 from .intake import server
 from .metrics import CONTENT_TYPE
 from .openapi import SWAGGER_PAGE, openapi_document
-from .replicas import ReplicaSet
 
 
 async def health(request: Request) -> Response:
-    """Liveness: 200 (empty) while the engine loop runs; 503 `healthcheck` once it has stopped or crashed."""
+    """Liveness: 200 (empty) while the engine runs; 503 `healthcheck` once it has stopped."""
     if server(request).engine.running:
         return Response(status_code=200)
     raise ApiError(503, "unhealthy", HEALTHCHECK)
@@ -29,10 +30,13 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     """Readiness: 200 (empty) when a new request would be admitted; 503 `unavailable` with the reason otherwise."""
     state = server(request)
-    if not state.engine.running:
-        reason = "the engine loop is not running"
-    elif not state.engine.accepting:
+    engine = state.engine
+    if not engine.running:
+        reason = "the engine is not running"
+    elif not engine.accepting:
         reason = "the server is shutting down"
+    elif not engine.serving:
+        reason = "no replica is serving (a lost worker is being replaced)"
     elif state.inference.limit.full:
         reason = f"{state.inference.limit.in_use} of {state.inference.limit.limit} concurrent requests in flight"
     else:
@@ -41,17 +45,18 @@ async def ready(request: Request) -> Response:
 
 
 async def info(request: Request) -> Response:
-    """TGI's fields; with several replicas, also how many there are and how many serve now."""
+    """TGI's fields, then Niyama's: the replicas (where each worker runs) and the configuration it serves with."""
     state = server(request)
     body = state.settings.info()
-    if isinstance(state.engine, ReplicaSet):
-        body.update(state.engine.describe())
+    body.update(state.engine.describe())
+    if state.run_config is not None:
+        body["niyama_config"] = state.run_config
     return json_response(body)
 
 
 async def metrics(request: Request) -> Response:
     state = server(request)
-    return Response(state.metrics.render(state.engine.scheduler.stats()), media_type=CONTENT_TYPE)
+    return Response(state.metrics.render(state.engine.stats()), media_type=CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:

@@ -16,9 +16,11 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from niyama.qos.tiers import SloTargets
+
 from .auth import Caller, authenticate
 from .errors import ClientDisconnected, describe_validation, validation_error
-from .qos_headers import QosChoice, resolve_qos
+from .qos_headers import resolve_qos
 from .state import ServerState
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -27,8 +29,9 @@ Body = TypeVar("Body", bound=BaseModel)
 @dataclass(frozen=True, slots=True)
 class Intake:
     started: float  # monotonic, when the route got the request
-    qos: QosChoice
     caller: Caller
+    tier: str
+    targets: SloTargets | None  # the request's own, when it tightened its tier's
 
 
 def server(request: Request) -> ServerState:
@@ -59,5 +62,5 @@ async def take(request: Request, model: type[Body]) -> tuple[Body, Intake]:
     caller = authenticate(request.headers, state.settings, state.tiers)
     body = parse(model, await read_json(request))
     state.metrics.request_received()
-    qos = resolve_qos(request.headers, getattr(body, "qos", None), state.tiers, caller)
-    return body, Intake(started, qos, caller)
+    tier, targets = resolve_qos(request.headers, getattr(body, "qos", None), state.tiers, caller)
+    return body, Intake(started, caller, tier, targets)

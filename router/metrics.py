@@ -18,13 +18,11 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from niyama.engine.generation import Generation
 from niyama.qos.config import TierConfig
 from niyama.qos.plan import Plan, StepResult
-from niyama.qos.slo import OBJECTIVES, evaluate
+from niyama.qos.slo import OBJECTIVES
 from niyama.qos.stats import SchedulerStats
-from niyama.qos.tiers import apply_overrides
-
-from .engine import Generation
 
 DURATION_BUCKETS = tuple(0.00015 * 1.5**n for n in range(35))  # TGI: 35 geometric buckets from 0.1 ms x 1.5
 # Per-tier latencies: buckets dense around the usual targets (tens of ms between tokens, seconds to the
@@ -142,33 +140,29 @@ class Metrics:
         self.batch_success.inc(method)
         self.forward_duration.labels(method).observe(result.seconds)
 
+    def token_done(self, generation: Generation, gap: float | None) -> None:
+        if gap is not None:
+            self.tbt.labels(generation.request.tier).observe(gap)
+
     def request_done(self, generation: Generation) -> None:
-        request, timing = generation.request, generation.timing
+        tier = generation.request.tier
         if generation.finish_reason is None:
-            self.tier_requests.labels(request.tier, "failed").inc()
+            self.tier_requests.labels(tier, "failed").inc()
             return
-        self.tier_requests.labels(request.tier, "finished").inc()
-        self._observe_latencies(request.tier, timing.arrival, timing.token_times)
-        targets = apply_overrides(self.tiers.tier(request.tier), request.ttft, request.tbt, request.ttlt)
-        outcome = evaluate(targets, timing.arrival, timing.token_times)
-        self.slo_evaluated.labels(request.tier).inc()
+        self.tier_requests.labels(tier, "finished").inc()
+        outcome = generation.slo.outcome()
+        if outcome.ttft is not None:
+            self.ttft.labels(tier).observe(outcome.ttft)
+            self.ttlt.labels(tier).observe(outcome.ttlt)
+        self.slo_evaluated.labels(tier).inc()
         for kind in outcome.violations:
-            self.slo_violations.labels(request.tier, kind).inc()
+            self.slo_violations.labels(tier, kind).inc()
         if not outcome.violations:
-            self.slo_met.labels(request.tier).inc()
-        counts = self._slo_counts[request.tier]
+            self.slo_met.labels(tier).inc()
+        counts = self._slo_counts[tier]
         counts[0] += 1
         counts[1] += not outcome.violations
-        self.slo_attainment.labels(request.tier).set(counts[1] / counts[0])
-
-    def _observe_latencies(self, tier: str, arrival: float, token_times: list[float]) -> None:
-        if not token_times:
-            return
-        self.ttft.labels(tier).observe(token_times[0] - arrival)
-        self.ttlt.labels(tier).observe(token_times[-1] - arrival)
-        gaps = self.tbt.labels(tier)
-        for before, after in zip(token_times, token_times[1:]):
-            gaps.observe(after - before)
+        self.slo_attainment.labels(tier).set(counts[1] / counts[0])
 
     # -- HTTP requests ---------------------------------------------------------
 

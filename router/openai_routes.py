@@ -89,7 +89,7 @@ async def chat_completions(request: Request) -> Response:
         return _json(state, intake, valid, sequences[0], formatter.chat_completion(sequences[0], valid.input_length))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     send_done = body.model != TGI_CLIENT_MODEL
-    admitted = await state.inference.start_admitted(intake.caller, [valid], intake.qos)
+    admitted = await state.inference.start_admitted(intake.caller, [valid], intake.tier, intake.targets)
     ((generation, pipeline),) = admitted.started
 
     def tail() -> bytes:
@@ -127,7 +127,7 @@ async def completions(request: Request) -> Response:
     if not body.stream:
         sequences = [results[0] for results in await complete_answer(request, valids, intake)]
         return _json(state, intake, valids[0], sequences[0], formatter.completion(sequences, prompt_tokens))
-    admitted = await state.inference.start_admitted(intake.caller, valids, intake.qos)
+    admitted = await state.inference.start_admitted(intake.caller, valids, intake.tier, intake.targets)
     runs = [
         Run(generation, pipeline, lambda batch, index=index: formatter.completion_chunks(index, batch))
         for index, (generation, pipeline) in enumerate(admitted.started)
@@ -149,7 +149,7 @@ async def completions(request: Request) -> Response:
 
 def _json(state: ServerState, intake: Intake, valid: ValidRequest, best: Sequence, body: dict) -> Response:
     headers = state.inference.record_success(intake.started, valid, best.generation, best.generated_tokens)
-    headers["x-qos-tier"] = intake.qos.tier
+    headers["x-qos-tier"] = intake.tier
     return json_response(body, headers=headers)
 
 

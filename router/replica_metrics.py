@@ -1,8 +1,8 @@
-"""Per-replica series for /metrics, read from the replica set at scrape time.
+"""Per-replica series for /metrics, read from the engine's replica set at scrape time.
 
 The app's `Metrics` hears every replica's steps and requests, so TGI's series
-(`tgi_request_*`, `tgi_batch_*`, queue and batch gauges) are the cluster's
-sums. Beside them, each replica has its own series labelled `replica` (the
+(`tgi_request_*`, `tgi_batch_*`, queue and batch gauges) are the sums over
+replicas (one, without `--replicas`). Beside them, each replica has its own series labelled `replica` (the
 slot index, stable across restarts): whether it serves, how often it was
 restarted, its requests per tier and outcome (`moved`: failed out of a lost
 replica before their first token and served elsewhere), its steps, and its
@@ -11,14 +11,11 @@ scheduler's queue, running requests and free KV blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from niyama.qos.routing import RoutingPolicy
-
-from .metrics import Metrics
-from .replicas import Launch, ReplicaParts, ReplicaSet
+from niyama.engine.replicas import ReplicaSet
 
 
 class ReplicaCollector:
@@ -53,7 +50,7 @@ class ReplicaCollector:
                 requests.add_metric([name, tier, outcome], count)
             for outcome, count in sorted(replica.stats.steps.items()):
                 steps.add_metric([name, outcome], count)
-            in_flight.add_metric([name], replica.engine.in_flight if replica.engine is not None else 0)
+            in_flight.add_metric([name], len(replica.engine.generations))
             stats = replica.parts.scheduler.stats()
             for tier, tier_stats in stats.tiers.items():
                 queued.add_metric([name, tier], tier_stats.queued)
@@ -61,15 +58,3 @@ class ReplicaCollector:
             kv_free.add_metric([name], stats.free_blocks)
         yield from (up, restarts, requests, steps, in_flight, queued, running, kv_free)
 
-
-def replica_engine(
-    parts: list[ReplicaParts], launch: Launch, routing: RoutingPolicy
-) -> Callable[[Metrics], ReplicaSet]:
-    """What `create_app` calls to build the replica set around its metrics, per-replica series included."""
-
-    def build(metrics: Metrics) -> ReplicaSet:
-        replicas = ReplicaSet(parts, launch, routing, metrics)
-        metrics.registry.register(ReplicaCollector(replicas))
-        return replicas
-
-    return build

@@ -1,13 +1,17 @@
-"""`niyama serve`: load the model, size the KV cache, build the scheduler, serve TGI's API.
+"""`niyama serve`: start the model's workers, build their schedulers, serve TGI's API.
 
-Start-up, in order: the tier file (fail fast on a bad one), the model, the KV
-cache (`--max-batch-total-tokens` tokens, or a share of free memory), the
-latency predictor (`--latency-profile`, else a cached start-up profile of this
-model on this device), the scheduler and engine, then uvicorn. SIGTERM or
-SIGINT stops taking connections and starts the engine's drain at once:
-running requests get `--grace-period` seconds, the rest end with an in-stream
-error, and the process exits 0. With `--replicas N` (or `--ray-address`) the
-models run in Ray actors behind a front router instead (`replica_serve.py`).
+Start-up, in order: the tier file and scheduling options (fail fast on bad
+ones), the workers (each in its own process: a child process of this one, or
+with `--replicas N` / `--ray-address` Ray actors placed by
+`replica_serve.py`), each replica's latency predictor (`--latency-profile`,
+else the worker's cached start-up profile of its model and device) and
+scheduler, the tokenizer, then uvicorn. This process never runs a forward
+pass: its event loop only plans steps, streams tokens and answers HTTP, so
+/health and streaming stay responsive during long steps, and a worker that
+dies is replaced while the server stays up. SIGTERM or SIGINT stops taking
+connections and starts the engine's drain at once: running requests get
+`--grace-period` seconds, the rest end with an in-stream error, the workers
+stop, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -24,49 +28,29 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from niyama.qos.config import resolve_tier_config
+from niyama.engine.launch import LocalWorkers, ReplicaRecipe, launch_all
+from niyama.engine.protocol import DTYPES, WorkerConfig, WorkerStartError
+from niyama.engine.replicas import ReplicaParts, ReplicaSet
 from niyama.qos.errors import ProfileError, QosConfigError
-from niyama.qos.kv_blocks import BlockAllocator
-from niyama.qos.policy import CHUNK_SIZES, POLICIES
-from niyama.qos.routing import ROUTING_POLICIES
-from niyama.qos.scheduler import make_scheduler
-from niyama.worker.kv_cache import size_cache
-from niyama.worker.loading import DTYPES, ModelLoadError, load_model
-from niyama.worker.runner import ModelRunner
+from niyama.qos.options import RunConfig, add_run_options, run_config
+from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.routing import make_routing
 
 from .app import create_app
-from .engine_core import EngineCore
-from .faults import FaultyWorker
 from .limits import server_options
-from .profiles import startup_predictor
 from .settings import ServerSettings
-from .tokenizer import TextTokenizer
+from .tokenizer import load_text_tokenizer
 
 log = logging.getLogger("niyama.serve")
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="niyama serve", description=__doc__.splitlines()[0])
     p.add_argument("--model-id", default=None, help="local folder, cached hub id or .gguf (default: embedded SmolLM2)")
     p.add_argument("--hostname", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (TGI's default is 80; we use unprivileged 8080)")
-    p.add_argument("--qos-config", default="default", help="tier file (TOML), or a built-in set: default, paper")
-    p.add_argument("--policy", default="niyama", choices=sorted(POLICIES), help="scheduling policy")
-    p.add_argument(
-        "--latency-profile",
-        default=None,
-        help="profile JSON or reference model name (default: profile this device once, cached)",
-    )
     p.add_argument("--max-concurrent-requests", type=int, default=128)
     p.add_argument("--max-input-tokens", type=int, default=None, help="default: max total tokens - 1")
     p.add_argument("--max-total-tokens", type=int, default=None, help="default: the model's context, within the cache")
-    p.add_argument("--max-batch-prefill-tokens", type=int, default=None, help="largest prefill per step (tokens)")
-    p.add_argument(
-        "--max-batch-total-tokens",
-        type=int,
-        default=None,
-        help="KV cache size in tokens (default: sized from free memory)",
-    )
     p.add_argument("--max-best-of", type=int, default=2)
     p.add_argument("--max-stop-sequences", type=int, default=4)
     p.add_argument("--max-top-n-tokens", type=int, default=5)
@@ -82,10 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get at shutdown")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--replicas", type=int, default=1, help="model replicas, each with its own scheduler (on Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default with --replicas: a local one)")
-    p.add_argument("--routing", default="slack", choices=sorted(ROUTING_POLICIES), help="across replicas")
     p.add_argument("--gpus-per-replica", type=int, default=1, help="spread one replica over this many GPUs of a host")
+    add_run_options(p, command="serve")
     return p  # fmt: skip
 
 
@@ -124,43 +107,63 @@ class _Server(uvicorn.Server):
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.replicas > 1 or args.ray_address:
-        from .replica_serve import serve_replicas  # imports ray, which only this mode needs
-
-        return serve_replicas(args)
     started = time.monotonic()
     try:
-        tiers = resolve_tier_config(args.qos_config)
-        loaded = load_model(args.model_id, device=args.device, dtype=args.dtype, gpus=args.gpus_per_replica)
-    except (QosConfigError, ModelLoadError) as error:
+        config = run_config(args, command="serve", max_concurrent_requests=args.max_concurrent_requests)
+        tiers = config.tier_config()
+        if config.latency_model is not None:
+            LatencyPredictor.load(config.latency_model)  # fail fast, before any worker starts
+        recipe = ReplicaRecipe(tiers, config.policy, config.latency_model, args.inject_step_failures, args.inject_seed)
+        workers = worker_launcher(args, config, recipe)
+        parts = asyncio.run(launch_all(workers.launch, config.replicas))
+    except (QosConfigError, ProfileError, WorkerStartError, ValueError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
-    spec = size_cache(
-        loaded.model.config, loaded.dtype, loaded.device, kv_cache_tokens=args.max_batch_total_tokens,
-        layer_devices=loaded.layer_devices,
-    )  # fmt: skip
+    infos = [p.info for p in parts]
     try:
-        settings = server_settings(args, loaded.model_id, loaded.max_context, spec.capacity_tokens, loaded.device.type)
-        predictor = startup_predictor(args.latency_profile, loaded)
-        worker = ModelRunner(loaded, spec)
-        if args.inject_step_failures:
-            worker = FaultyWorker(worker, args.inject_step_failures, args.inject_seed)
-            log.warning("fault injection: %.1f%% of steps will fail on purpose", 100 * args.inject_step_failures)
-    except (ValueError, ProfileError) as error:
+        tokenizer = load_text_tokenizer(infos[0].path)
+        settings = server_settings(
+            args, infos[0].model_id, min(i.max_context for i in infos), min(i.capacity_tokens for i in infos),
+            infos[0].device,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:
+        stop_all(parts)
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
-    scheduler = make_scheduler(
-        args.policy, tiers, BlockAllocator(spec.num_blocks, spec.block_size), predictor, **scheduler_options(args)
+    if args.inject_step_failures:
+        log.warning("fault injection: %.1f%% of steps will fail on purpose", 100 * args.inject_step_failures)
+    engine = ReplicaSet(parts, workers.launch, make_routing(config.routing))
+    app = create_app(
+        engine, tokenizer, tiers, settings, shutdown_grace_seconds=args.grace_period, run_config=config.as_dict()
     )
-    core = EngineCore(scheduler, worker, loaded.eos_token_ids, time.monotonic)
-    app = create_app(core, TextTokenizer(loaded.tokenizer), tiers, settings, shutdown_grace_seconds=args.grace_period)
-    return run_app(app, args, settings, started, (
-        f"model: {loaded.model_id} ({loaded.dtype}, {loaded.path})",
-        f"device: {loaded.device}; KV cache: {spec.capacity_tokens} tokens ({spec.num_blocks} blocks of "
-        f"{spec.block_size}); max input/total tokens: {settings.max_input_tokens}/{settings.max_total_tokens}",
-        f"QoS: policy {args.policy}, tiers {', '.join(tiers.names)} (default {tiers.default}; {tiers.source}); "
-        f"latency model: {predictor.name}",
-    ))  # fmt: skip
+    lines = [f"model: {infos[0].model_id} ({infos[0].dtype}, {infos[0].path})"]
+    lines += [
+        f"replica {i}: {p.where}; KV cache {p.info.capacity_tokens} tokens ({p.info.num_blocks} blocks of "
+        f"{p.info.block_size}); latency model: {p.scheduler.predictor.name}"
+        for i, p in enumerate(parts)
+    ]
+    lines.append(f"max input/total tokens: {settings.max_input_tokens}/{settings.max_total_tokens}")
+    lines.append(f"QoS: policy {config.policy.name}, tiers {', '.join(tiers.names)} (default {tiers.default}; "
+                 f"{tiers.source}); routing {config.routing}")  # fmt: skip
+    return run_app(app, args, settings, started, tuple(lines))
+
+
+def worker_launcher(args: argparse.Namespace, config: RunConfig, recipe: ReplicaRecipe):
+    """Child processes of this one, or Ray actors with `--replicas N` / `--ray-address`."""
+    worker = WorkerConfig(
+        args.model_id, args.device, args.dtype, config.cache.kv_tokens, config.cache.block_size, None,
+        args.gpus_per_replica,
+    )  # fmt: skip
+    if config.replicas > 1 or args.ray_address:
+        from .replica_serve import ray_workers  # imports ray, which only this mode needs
+
+        return ray_workers(args, config.replicas, worker, recipe)
+    return LocalWorkers(worker, recipe)
+
+
+def stop_all(parts: list[ReplicaParts]) -> None:
+    for part in parts:
+        part.stop()
 
 
 def server_settings(
@@ -181,14 +184,6 @@ def server_settings(
     if max_total > max_context:
         raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({max_context})")
     return settings
-
-
-def scheduler_options(args: argparse.Namespace) -> dict[str, object]:
-    """PolicyConfig options from the flags: `--max-batch-prefill-tokens` caps every step."""
-    if not args.max_batch_prefill_tokens:
-        return {}
-    budget = args.max_batch_prefill_tokens
-    return {"token_budget": budget, "chunk_sizes": tuple(s for s in CHUNK_SIZES if s <= budget) or (budget,)}
 
 
 def run_app(app, args: argparse.Namespace, settings: ServerSettings, started: float, lines: tuple[str, ...]) -> int:

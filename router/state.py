@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from niyama.engine.replicas import ReplicaSet
 from niyama.qos.config import TierConfig
 
-from .engine import AsyncEngine
 from .inference import Inference
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -18,7 +18,8 @@ class ServerState:
     settings: ServerSettings
     tokenizer: TextTokenizer
     tiers: TierConfig
-    engine: AsyncEngine
+    engine: ReplicaSet
     metrics: Metrics
     inference: Inference
+    run_config: dict | None = None  # the configuration it serves with, as /info reports it
     openapi: dict | None = None  # built on first request

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
+from niyama.engine.generation import Generation
+from niyama.engine.request import TokenOutput
+
 from .detokenizer import IncrementalDetokenizer
-from .engine import Generation
-from .engine_core import TokenOutput
 from .errors import ClientDisconnected
 from .stop_sequences import StopMatcher
 from .tokenizer import TextTokenizer

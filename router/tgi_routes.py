@@ -49,7 +49,7 @@ async def _generate(
         body.inputs, body.parameters, state.tokenizer, state.settings, default_return_full_text=default_full_text
     )
     if stream:
-        admitted = await state.inference.start_admitted(intake.caller, [valid], intake.qos)
+        admitted = await state.inference.start_admitted(intake.caller, [valid], intake.tier, intake.targets)
         ((generation, pipeline),) = admitted.started
         formatter = tgi_format.StreamFormatter(valid, body.parameters.details, state.tokenizer)
         run = Run(generation, pipeline, lambda batch: formatter.events(batch, pipeline, generation.seed))
@@ -61,7 +61,7 @@ async def _generate(
     (sequences,) = await complete_answer(request, [valid], intake)
     best = sequences[0]
     headers = state.inference.record_success(intake.started, valid, best.generation, best.generated_tokens)
-    headers["x-qos-tier"] = intake.qos.tier
+    headers["x-qos-tier"] = intake.tier
     response = tgi_format.generate_response(sequences, valid, state.tokenizer)
     return json_response([response] if as_list else response, headers=headers)
 

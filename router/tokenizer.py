@@ -70,3 +70,10 @@ class TextTokenizer:
             return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except TemplateError as error:
             raise ApiError(422, f"Template error: {error}", TEMPLATE) from None
+
+
+def load_text_tokenizer(path: str) -> TextTokenizer:
+    """The tokenizer of the checkpoint a worker loaded (``WorkerInfo.path``), without its weights."""
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(path))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from niyama.worker.sampling import SamplingParams
+from niyama.engine.protocol import SamplingParams
 
 from .errors import validation_error
 from .schemas import GenerateParameters

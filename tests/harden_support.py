@@ -41,7 +41,7 @@ def metric(server, name: str, default: float | None = None) -> float:
 def settled(server) -> bool:
     """Nothing in flight: every KV block free, no generation, no concurrency permit held."""
     state = server.state
-    stats = state.engine.scheduler.stats()
+    stats = state.engine.stats()
     return stats.free_blocks == stats.total_blocks and state.engine.in_flight == 0 and state.inference.limit.in_use == 0
 
 

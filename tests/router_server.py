@@ -2,9 +2,11 @@
 
 The tiny model has the real SmolLM2 vocabulary (49152 tokens) and the real
 tokenizer, so text, special tokens and multi-byte characters behave as in
-production, while a step takes milliseconds. The server runs in a thread with
-its own event loop, so tests talk to it over real HTTP (streaming and
-disconnects included) with ordinary clients.
+production, while a step takes milliseconds. Its worker runs in-process (the
+`Worker` protocol lets a test wrap it), where `niyama serve` runs it in a
+worker process. The server runs in a thread with its own event loop, so
+tests talk to it over real HTTP (streaming and disconnects included) with
+ordinary clients.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import torch
 import uvicorn
 from support import make_runner, tiny_llama, tiny_loaded
 
+from niyama.engine.replicas import ReplicaParts, ReplicaSet
 from niyama.qos.config import TierConfig, builtin_tier_config
 from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.routing import make_routing
 from niyama.qos.scheduler import make_scheduler
 from niyama.router.app import create_app
-from niyama.router.engine_core import EngineCore
 from niyama.router.limits import server_options
 from niyama.router.settings import ServerSettings
 from niyama.router.tokenizer import TextTokenizer
@@ -45,17 +48,26 @@ def tiny_model():
     return tiny_llama(torch.float32, vocab_size=VOCAB, max_position_embeddings=1024)
 
 
-def tiny_core(
+def tiny_parts(
     kv_tokens: int = 8192, worker: Callable | None = None, eos: frozenset[int] = frozenset(), model=None
-) -> EngineCore:
-    """An engine core on ``model`` (default: the float32 tiny Llama); ``worker`` wraps the runner."""
+) -> ReplicaParts:
+    """A replica on ``model`` (default: the float32 tiny Llama), its runner in-process; ``worker`` wraps it."""
     runner, allocator = make_runner(
         tiny_loaded(model or tiny_model(), max_context=1024), kv_tokens=kv_tokens, block_size=16
     )
     scheduler = make_scheduler(
         "niyama", builtin_tier_config("default"), allocator, LatencyPredictor.reference("a100-llama3-8b")
     )
-    return EngineCore(scheduler, worker(runner) if worker else runner, eos, time.monotonic)
+    return ReplicaParts(scheduler, worker(runner) if worker else runner, eos)
+
+
+def one_replica(parts: ReplicaParts) -> ReplicaSet:
+    """The engine of a server with one replica; a lost one is replaced by a fresh replica like it."""
+
+    async def launch(index: int) -> ReplicaParts:
+        return tiny_parts()
+
+    return ReplicaSet([parts], launch, make_routing("slack"))
 
 
 class ThreadedServer:
@@ -87,11 +99,13 @@ class ThreadedServer:
         return self.app.state.niyama
 
 
-def tiny_server(tiers: TierConfig | None = None, core: EngineCore | None = None, **settings: object) -> ThreadedServer:
+def tiny_server(
+    tiers: TierConfig | None = None, parts: ReplicaParts | None = None, **settings: object
+) -> ThreadedServer:
     options = dict(model_id="tiny-random-llama", max_input_tokens=512, max_total_tokens=1000)
     options.update(settings)
     app = create_app(
-        core or tiny_core(), real_tokenizer(), tiers or builtin_tier_config("default"), ServerSettings(**options),
-        shutdown_grace_seconds=0.0,
+        one_replica(parts or tiny_parts()), real_tokenizer(), tiers or builtin_tier_config("default"),
+        ServerSettings(**options), shutdown_grace_seconds=0.0,
     )  # fmt: skip
     return ThreadedServer(app)

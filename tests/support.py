@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
+from niyama.engine.protocol import SamplingParams
 from niyama.qos.kv_blocks import BlockAllocator
 from niyama.qos.plan import Chunk, Plan, StepShape
 from niyama.worker.kv_cache import size_cache
 from niyama.worker.loading import LoadedModel
 from niyama.worker.runner import ModelRunner
-from niyama.worker.sampling import SamplingParams
 
 
 def free_port() -> int:

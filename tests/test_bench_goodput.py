@@ -9,7 +9,7 @@ from bench_fake import FakeServer, ThreadedFake
 
 from niyama.bench.goodput import GoodputSearch, miss_budget
 from niyama.bench.serve_cli import main
-from niyama.qos.capacity import Probe, goodput
+from niyama.engine.capacity import Probe, goodput
 
 
 def drive(search: GoodputSearch, capacity: float) -> list[float]:

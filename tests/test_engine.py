@@ -7,13 +7,17 @@ import time
 import pytest
 from support import make_runner, reference_greedy, tiny_llama, tiny_loaded
 
+from niyama.engine.core import EngineCore
+from niyama.engine.faults import WrappedWorker
+from niyama.engine.generation import GenerationError
+from niyama.engine.protocol import SamplingParams
+from niyama.engine.replicas import EngineStopping, ReplicaParts, ReplicaSet
+from niyama.engine.request import GenerationRequest
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.errors import UnknownTierError
 from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.routing import make_routing
 from niyama.qos.scheduler import make_scheduler
-from niyama.router.engine import AsyncEngine, EngineStopping, GenerationError
-from niyama.router.engine_core import EngineCore, GenerationRequest
-from niyama.worker.sampling import SamplingParams
 
 TINY = tiny_llama()
 rng = random.Random(11)
@@ -28,8 +32,12 @@ def make_core(policy="niyama", eos=frozenset(), kv_tokens=4096, worker=None, **o
     return EngineCore(scheduler, worker(runner) if worker else runner, eos, time.monotonic)
 
 
-def request(prompt, new_tokens, tier="interactive", **kw):
-    return GenerationRequest(tuple(prompt), SamplingParams(), new_tokens, tier, **kw)
+def request(prompt, new_tokens, tier="interactive", ignore_eos=False):
+    return GenerationRequest.of(prompt, SamplingParams(), new_tokens, tier, ignore_eos=ignore_eos)
+
+
+def submitted(request_id, prompt, new_tokens, **kw):
+    return request(prompt, new_tokens, **kw).submitted(request_id, time.monotonic())
 
 
 @pytest.mark.parametrize("policy, options", [("fcfs", {"token_budget": 16}), ("edf", {}), ("niyama", {})])
@@ -37,7 +45,7 @@ def test_every_policy_gives_generate_s_tokens_and_frees_every_block(policy, opti
     core = make_core(policy, **options)
     outputs = {}
     for i, prompt in enumerate(PROMPTS):
-        core.add(f"r{i}", request(prompt, 3 + i, tier=("interactive", "batch")[i % 2]), time.monotonic())
+        core.add(submitted(f"r{i}", prompt, 3 + i, tier=("interactive", "batch")[i % 2]))
         outputs[f"r{i}"] = []
     reasons = {}
     while core.has_work:
@@ -58,8 +66,8 @@ def test_eos_ends_a_request_unless_ignored():
     first = reference_greedy(TINY, PROMPTS[0], 8)
     eos = frozenset({first[2]})
     core = make_core(eos=eos)
-    core.add("stops", request(PROMPTS[0], 8), time.monotonic())
-    core.add("goes-on", request(PROMPTS[0], 8, ignore_eos=True), time.monotonic())
+    core.add(submitted("stops", PROMPTS[0], 8))
+    core.add(submitted("goes-on", PROMPTS[0], 8, ignore_eos=True))
     seen = {"stops": [], "goes-on": []}
     while core.has_work:
         for out in core.step().tokens:
@@ -71,7 +79,7 @@ def test_eos_ends_a_request_unless_ignored():
 def test_an_eos_that_is_also_the_last_allowed_token_reports_length_as_tgi_does():
     first = reference_greedy(TINY, PROMPTS[0], 3)
     core = make_core(eos=frozenset({first[2]}))
-    core.add("a", request(PROMPTS[0], 3), time.monotonic())
+    core.add(submitted("a", PROMPTS[0], 3))
     reasons = []
     while core.has_work:
         reasons += [out.finish_reason for out in core.step().tokens]
@@ -81,29 +89,23 @@ def test_an_eos_that_is_also_the_last_allowed_token_reports_length_as_tgi_does()
 def test_a_request_that_can_never_be_served_is_refused_at_once():
     core = make_core(kv_tokens=64)
     with pytest.raises(UnknownTierError):
-        core.add("a", request([5, 6], 4, tier="gold"), time.monotonic())
+        core.add(submitted("a", [5, 6], 4, tier="gold"))
     with pytest.raises(ValueError, match="KV cache"):
-        core.add("b", request([5] * 40, 40), time.monotonic())
+        core.add(submitted("b", [5] * 40, 40))
     assert not core.has_work
 
 
-class FailingWorker:
+class FailingWorker(WrappedWorker):
     """The real runner, except that chosen steps raise."""
 
     def __init__(self, runner, fail_steps=(2,)):
-        self.runner, self.fail_steps, self.steps = runner, set(fail_steps), 0
+        super().__init__(runner)
+        self.fail_steps, self.steps = set(fail_steps), 0
 
-    def add_sequence(self, *args):
-        return self.runner.add_sequence(*args)
-
-    def remove_sequence(self, request_id):
-        self.runner.remove_sequence(request_id)
-
-    def execute(self, plan):
+    def before_step(self, plan):
         self.steps += 1
         if self.steps in self.fail_steps:
             raise RuntimeError("injected fault")
-        return self.runner.execute(plan)
 
 
 async def collect(generation):
@@ -113,7 +115,8 @@ async def collect(generation):
 def test_async_engine_streams_aborts_and_contains_a_failed_step():
     async def scenario():
         core = make_core(worker=FailingWorker, token_budget=8, policy="fcfs")
-        engine = AsyncEngine(core)
+        parts = ReplicaParts(core.scheduler, core.worker, core.eos_token_ids)
+        engine = ReplicaSet([parts], None, make_routing("slack"))
         engine.start()
         doomed = engine.submit(request(PROMPTS[1], 20))
         assert doomed.seed is None
@@ -142,3 +145,18 @@ def test_async_engine_streams_aborts_and_contains_a_failed_step():
         assert core.scheduler.stats().free_blocks == core.scheduler.stats().total_blocks
 
     asyncio.run(scenario())
+
+
+def test_a_seed_is_fixed_at_submission_only_when_the_request_samples():
+    core = make_core()
+    seeds = {}
+    for name, params in [
+        ("greedy", SamplingParams()),
+        ("seeded", SamplingParams(do_sample=True, seed=99)),
+        ("drawn", SamplingParams(do_sample=True)),
+        ("warped", SamplingParams(temperature=0.5, seed=3)),  # as in TGI, a warper alone turns sampling on
+    ]:
+        added, _ = core.add(GenerationRequest.of([5, 6], params, 2, "interactive").submitted(name, 0.0))
+        seeds[name] = added.params.seed if added.params.samples else None
+    assert seeds["greedy"] is None and seeds["seeded"] == 99 and seeds["warped"] == 3
+    assert isinstance(seeds["drawn"], int)

@@ -10,11 +10,11 @@ import pytest
 import requests
 import torch
 from harden_support import PacedWorker, assert_envelope, connect, metric, read_all, settled, wait_until
-from router_server import VOCAB, real_tokenizer, tiny_core, tiny_server
+from router_server import VOCAB, real_tokenizer, tiny_parts, tiny_server
 from support import reference_greedy, tiny_llama
 
 from niyama.bench.sse import json_events
-from niyama.router.faults import FaultyWorker
+from niyama.engine.faults import FaultyWorker
 
 
 def http_post(route: str, body: dict) -> bytes:
@@ -45,8 +45,8 @@ def leave_at(url: str, request: bytes, where: str, rng: random.Random) -> None:
 
 def test_clients_leaving_at_random_points_free_every_block_and_permit():
     rng = random.Random(7)
-    with tiny_server(core=tiny_core(worker=PacedWorker)) as server:
-        start = server.state.engine.scheduler.stats()
+    with tiny_server(parts=tiny_parts(worker=PacedWorker)) as server:
+        start = server.state.engine.stats()
         assert start.free_blocks == start.total_blocks
         long = {"max_new_tokens": 300, "details": True}
         streams = [
@@ -65,9 +65,9 @@ def test_clients_leaving_at_random_points_free_every_block_and_permit():
         rng.shuffle(cases)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda case: leave_at(server.url, *case, random.Random(rng.random())), cases))
-        worker = server.state.engine.core.worker
+        worker = server.state.engine.replicas[0].parts.worker
         wait_until(lambda: settled(server) and not worker.sequences)  # the worker drops aborted sequences between steps
-        assert server.state.engine.scheduler.stats().free_blocks == start.free_blocks
+        assert server.state.engine.stats().free_blocks == start.free_blocks
         assert metric(server, 'niyama_tier_requests_total{outcome="failed",tier="interactive"}') >= 8
         assert metric(server, 'tgi_request_failure{err="client_closed"}') >= 1  # left mid-body
         assert metric(server, 'tgi_request_failure{err="internal"}', 0.0) == 0
@@ -76,8 +76,8 @@ def test_clients_leaving_at_random_points_free_every_block_and_permit():
 
 
 def test_an_injected_step_failure_fails_that_steps_requests_and_the_next_ones_succeed():
-    with tiny_server(core=tiny_core(worker=lambda runner: FaultyWorker(PacedWorker(runner)))) as server:
-        worker = server.state.engine.core.worker
+    with tiny_server(parts=tiny_parts(worker=lambda runner: FaultyWorker(PacedWorker(runner)))) as server:
+        worker = server.state.engine.replicas[0].parts.worker
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 400}}
         streams = [requests.post(server.url + "/generate_stream", json=body, stream=True, timeout=30) for _ in range(2)]
         lines = [response.iter_lines() for response in streams]
@@ -103,7 +103,7 @@ def test_an_injected_step_failure_fails_that_steps_requests_and_the_next_ones_su
 
 
 def test_a_random_share_of_failing_steps_loses_no_request():
-    with tiny_server(core=tiny_core(worker=lambda runner: FaultyWorker(runner, rate=0.2, seed=3))) as server:
+    with tiny_server(parts=tiny_parts(worker=lambda runner: FaultyWorker(runner, rate=0.2, seed=3))) as server:
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 8}}
         with ThreadPoolExecutor(6) as pool:
             answers = list(
@@ -115,7 +115,7 @@ def test_a_random_share_of_failing_steps_loses_no_request():
             if answer.status_code == 424:
                 assert "InjectedFault" in answer.json()["error"]
         wait_until(lambda: settled(server))
-        assert server.state.engine.core.worker.injected >= 1
+        assert server.state.engine.replicas[0].parts.worker.injected >= 1
 
 
 def test_kv_exhaustion_preempts_and_recomputes_token_identically_to_generate():
@@ -123,7 +123,7 @@ def test_kv_exhaustion_preempts_and_recomputes_token_identically_to_generate():
     tokenizer = real_tokenizer()
     prompts = [f"Request {i}: " + "tell me a story " * (i % 3 + 1) for i in range(6)]
     new_tokens = [24 + 4 * i for i in range(6)]  # 6 requests of 30 to 60 tokens; the cache holds 160 tokens
-    with tiny_server(core=tiny_core(kv_tokens=160, model=model), max_input_tokens=60, max_total_tokens=160) as server:
+    with tiny_server(parts=tiny_parts(kv_tokens=160, model=model), max_input_tokens=60, max_total_tokens=160) as server:
 
         def generate(i: int) -> list[int]:
             body = {"inputs": prompts[i], "parameters": {"max_new_tokens": new_tokens[i], "details": True}}
@@ -133,7 +133,7 @@ def test_kv_exhaustion_preempts_and_recomputes_token_identically_to_generate():
 
         with ThreadPoolExecutor(6) as pool:
             outputs = list(pool.map(generate, range(6)))
-        assert server.state.engine.scheduler.stats().preempted_total > 0
+        assert server.state.engine.stats().preempted_total > 0
         wait_until(lambda: settled(server))
     for i, output in enumerate(outputs):
         assert output == reference_greedy(model, tokenizer.encode(prompts[i]), new_tokens[i]), i
@@ -165,7 +165,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_resources_freed():
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_request_refused_after_part_of_it_started_holds_nothing(stream):
     # The cache holds 160 tokens: the first prompt fits with its 150 new tokens, the second cannot ever.
-    with tiny_server(core=tiny_core(kv_tokens=160, worker=PacedWorker)) as server:
+    with tiny_server(parts=tiny_parts(kv_tokens=160, worker=PacedWorker)) as server:
         prompts = ["Hi", "Request: " + "tell me a story " * 5]
         body = {"prompt": prompts, "max_tokens": 150, "stream": stream}
         refused = requests.post(server.url + "/v1/completions", json=body, timeout=30)

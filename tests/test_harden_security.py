@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 from harden_support import HeldStream, PacedWorker, assert_envelope, connect, read_all, settled, wait_until
-from router_server import tiny_core, tiny_server
+from router_server import tiny_parts, tiny_server
 
 from niyama.qos.config import parse_tier_config
 from niyama.qos.errors import QosConfigError
@@ -38,7 +38,7 @@ LONG = {"inputs": "Hello", "parameters": {"max_new_tokens": 400}}  # 8 s at 20 m
 @pytest.fixture(scope="module")
 def keyed():
     with tiny_server(
-        tiers=TIERS, core=tiny_core(worker=PacedWorker), api_key=ADMIN, max_concurrent_requests_per_key=2
+        tiers=TIERS, parts=tiny_parts(worker=PacedWorker), api_key=ADMIN, max_concurrent_requests_per_key=2
     ) as running:
         yield running
 
@@ -174,7 +174,7 @@ def test_heads_over_the_header_limit_are_431_and_closed():
 
 
 def test_liveness_stays_up_while_readiness_follows_admission():
-    with tiny_server(core=tiny_core(worker=PacedWorker), max_concurrent_requests=1) as server:
+    with tiny_server(parts=tiny_parts(worker=PacedWorker), max_concurrent_requests=1) as server:
         assert requests.get(server.url + "/ready", timeout=10).status_code == 200
         with hold_stream(server, {}):
             busy = requests.get(server.url + "/ready", timeout=10)
@@ -182,7 +182,7 @@ def test_liveness_stays_up_while_readiness_follows_admission():
             assert requests.get(server.url + "/health", timeout=10).status_code == 200
             assert requests.get(server.url + "/ping", timeout=10).status_code == 200
         wait_until(lambda: requests.get(server.url + "/ready", timeout=10).status_code == 200)
-        loop = server.state.engine._task.get_loop()
+        loop = server.state.engine.replicas[0].engine._task.get_loop()
         loop.call_soon_threadsafe(server.app.state.begin_shutdown)
         wait_until(lambda: not server.state.engine.accepting)
         draining = requests.get(server.url + "/ready", timeout=10)

@@ -25,21 +25,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from router_server import ThreadedServer
 from support import reference_greedy
 
+from niyama.engine.launch import LocalWorkers, ReplicaRecipe, launch_all
+from niyama.engine.protocol import WorkerConfig
+from niyama.engine.ray_transport import RayWorkers
+from niyama.engine.replicas import ReplicaSet
 from niyama.qos.config import builtin_tier_config
-from niyama.qos.kv_blocks import BlockAllocator
-from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.policy import policy_config
 from niyama.qos.routing import make_routing
-from niyama.qos.scheduler import make_scheduler
 from niyama.router.app import create_app
-from niyama.router.engine_core import EngineCore
-from niyama.router.ray_placement import Placement
-from niyama.router.replica_metrics import replica_engine
-from niyama.router.replica_serve import RayReplicas
 from niyama.router.settings import ServerSettings
 from niyama.router.tokenizer import TextTokenizer
-from niyama.worker.kv_cache import size_cache
-from niyama.worker.ray_worker import WorkerConfig
-from niyama.worker.runner import ModelRunner
 
 pytestmark = pytest.mark.slow
 
@@ -71,27 +66,27 @@ def settings(loaded) -> ServerSettings:
     return ServerSettings(model_id=loaded.model_id, max_input_tokens=1024, max_total_tokens=2048)
 
 
+RECIPE = ReplicaRecipe(TIERS, policy_config("niyama"), latency_profile="a100-llama3-8b")
+
+
+def served(workers, count: int, default_model) -> ThreadedServer:
+    parts = asyncio.run(launch_all(workers.launch, count))
+    engine = ReplicaSet(parts, workers.launch, make_routing("slack"))
+    tokenizer = TextTokenizer(default_model.tokenizer)
+    return ThreadedServer(create_app(engine, tokenizer, TIERS, settings(default_model), shutdown_grace_seconds=0.0))
+
+
 @pytest.fixture(scope="module")
 def replicated(ray_cluster, default_model):
-    recipe = RayReplicas(WorkerConfig(kv_cache_tokens=KV_TOKENS, threads=1), Placement(1, 0, 1), TIERS,
-                         latency_profile="a100-llama3-8b")  # fmt: skip
-    parts = asyncio.run(recipe.launch_all(2))
-    engine = replica_engine(parts, recipe.launch, make_routing("slack"))
-    tokenizer = TextTokenizer(default_model.tokenizer)
-    app = create_app(engine, tokenizer, TIERS, settings(default_model), shutdown_grace_seconds=0.0)
-    with ThreadedServer(app) as server:
+    workers = RayWorkers(WorkerConfig(kv_cache_tokens=KV_TOKENS, threads=1), RECIPE, num_cpus=1, num_gpus=0)
+    with served(workers, 2, default_model) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def single(default_model):
-    spec = size_cache(default_model.model.config, default_model.dtype, default_model.device, kv_cache_tokens=KV_TOKENS)
-    predictor = LatencyPredictor.reference("a100-llama3-8b")
-    scheduler = make_scheduler("niyama", TIERS, BlockAllocator(spec.num_blocks, spec.block_size), predictor)
-    core = EngineCore(scheduler, ModelRunner(default_model, spec), default_model.eos_token_ids, time.monotonic)
-    app = create_app(core, TextTokenizer(default_model.tokenizer), TIERS, settings(default_model),
-                     shutdown_grace_seconds=0.0)  # fmt: skip
-    with ThreadedServer(app) as server:
+    """The server `niyama serve` runs without Ray: one replica, its worker a child process."""
+    with served(LocalWorkers(WorkerConfig(kv_cache_tokens=KV_TOKENS), RECIPE), 1, default_model) as server:
         yield server
 
 
@@ -164,8 +159,8 @@ def test_a_killed_replica_does_not_take_the_service_down(replicated, single):
     streamer = threading.Thread(target=stream)
     streamer.start()
     assert first_token.wait(60)
-    victim = next(r for r in replicas.replicas if r.engine.in_flight)
-    ray.kill(victim.parts.worker.actor)
+    victim = next(r for r in replicas.replicas if r.engine.generations)
+    ray.kill(victim.parts.worker.transport.actor)
     streamer.join(120)
     assert f"replica {victim.index} failed" in events[-1] and '"error_type":"generation"' in events[-1]
     assert "cannot be resumed" in events[-1]

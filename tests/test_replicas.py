@@ -15,44 +15,36 @@ import threading
 import pytest
 from support import make_runner, reference_greedy, tiny_llama, tiny_loaded
 
+from niyama.engine.faults import WrappedWorker
+from niyama.engine.generation import GenerationError
+from niyama.engine.protocol import SamplingParams, WorkerLost
+from niyama.engine.replicas import NoReplicaServing, ReplicaParts, ReplicaSet
+from niyama.engine.request import GenerationRequest
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.errors import RequestTooLargeError
 from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.routing import make_routing
 from niyama.qos.scheduler import make_scheduler
-from niyama.router.engine import GenerationError
-from niyama.router.engine_core import GenerationRequest
-from niyama.router.errors import ApiError
-from niyama.router.replicas import ReplicaParts, ReplicaSet
-from niyama.worker.runner import WorkerLost
-from niyama.worker.sampling import SamplingParams
 
 TINY = tiny_llama()
 PROMPTS = [[(7 * i + 3 * j) % 200 + 5 for j in range(8 + 3 * i)] for i in range(6)]
 
 
-class Mortal:
-    """A runner whose worker can be lost: after `kill`, the next step raises `WorkerLost`; `hold` pauses steps."""
+class Mortal(WrappedWorker):
+    """A runner whose worker can be lost: once `dead`, the next step raises `WorkerLost`; `gate` pauses steps."""
 
     def __init__(self, runner) -> None:
-        self.runner = runner
+        super().__init__(runner)
         self.dead = False
         self.steps = 0
         self.gate = threading.Event()
         self.gate.set()
 
-    def add_sequence(self, *args):
-        return self.runner.add_sequence(*args)
-
-    def remove_sequence(self, request_id):
-        self.runner.remove_sequence(request_id)
-
-    def execute(self, plan):
+    def before_step(self, plan):
         self.gate.wait(timeout=30)
         if self.dead:
             raise WorkerLost("the worker on test-node is gone: killed by the test")
         self.steps += 1
-        return self.runner.execute(plan)
 
 
 class Recorder:
@@ -62,6 +54,9 @@ class Recorder:
         self.outcomes: list[str | None] = []
 
     def step_done(self, plan, result, seconds) -> None:
+        pass
+
+    def token_done(self, generation, gap) -> None:
         pass
 
     def request_done(self, generation) -> None:
@@ -76,7 +71,7 @@ def parts(kv_tokens: int = 4096) -> ReplicaParts:
 
 
 def request(prompt, new_tokens, **params) -> GenerationRequest:
-    return GenerationRequest(tuple(prompt), SamplingParams(**params), new_tokens, "interactive")
+    return GenerationRequest.of(prompt, SamplingParams(**params), new_tokens, "interactive")
 
 
 def replica_set(count: int = 2, routing: str = "slack", sizes=None) -> tuple[ReplicaSet, Recorder, list[int]]:
@@ -88,7 +83,8 @@ def replica_set(count: int = 2, routing: str = "slack", sizes=None) -> tuple[Rep
 
     recorder = Recorder()
     sizes = sizes or [4096] * count
-    return ReplicaSet([parts(size) for size in sizes], launch, make_routing(routing), recorder), recorder, launched
+    replicas = ReplicaSet([parts(size) for size in sizes], launch, make_routing(routing), observer=recorder)
+    return replicas, recorder, launched
 
 
 async def tokens(generation) -> list[int]:
@@ -107,10 +103,10 @@ def test_requests_spread_over_replicas_with_exact_outputs(routing):
         generations = [replicas.submit(request(p, 6)) for p in PROMPTS]
         outputs = await asyncio.gather(*(tokens(g) for g in generations))
         assert outputs == [reference_greedy(TINY, p, 6) for p in PROMPTS]
-        assert {g.replica.index for g in generations} == {0, 1}
+        assert {g.replica for g in generations} == {0, 1}
         assert all(worker(r).steps > 0 for r in replicas.replicas)
         assert recorder.outcomes == ["length"] * len(PROMPTS)
-        stats = replicas.scheduler.stats()
+        stats = replicas.stats()
         assert stats.free_blocks == stats.total_blocks == 2 * 1024
         await replicas.drain(0.0)
         await replicas.close()
@@ -126,9 +122,9 @@ def test_slack_routing_avoids_the_replica_with_urgent_work_queued():
         worker(busy).gate.clear()  # replica 0 holds its first step: its queue stays full
         long_prompt = [11] * 300
         first = replicas.submit(request(long_prompt, 4))
-        assert first.replica is busy
+        assert first.replica == 0
         queued = [replicas.submit(request(long_prompt, 4)) for _ in range(3)]
-        assert [g.replica.index for g in queued] == [1, 0, 1]  # work ahead is balanced, not just counted
+        assert [g.replica for g in queued] == [1, 0, 1]  # work ahead is balanced, not just counted
         worker(busy).gate.set()
         await asyncio.gather(*(tokens(g) for g in [first, *queued]))
         await replicas.drain(0.0)
@@ -143,7 +139,7 @@ def test_a_replica_that_refuses_a_request_passes_it_to_one_that_takes_it():
         replicas.start()
         for _ in range(4):  # whatever the policy prefers, the small replica can never hold it
             generation = replicas.submit(request(PROMPTS[5], 60))
-            assert generation.replica.index == 1
+            assert generation.replica == 1
             assert await tokens(generation) == reference_greedy(TINY, PROMPTS[5], 60)
         with pytest.raises(RequestTooLargeError):
             replicas.submit(request([5] * 5000, 10))
@@ -164,13 +160,13 @@ def test_a_lost_replica_fails_streamed_requests_moves_the_others_and_is_replaced
         filler = replicas.submit(request(PROMPTS[3], 4))
         waiting = replicas.submit(request(PROMPTS[1], 5, do_sample=True))  # queued on replica 0, no token yet
         seed = waiting.seed
-        assert (streaming.replica, filler.replica.index, waiting.replica) == (lost, 1, lost)
+        assert (streaming.replica, filler.replica, waiting.replica) == (0, 1, 0)
         worker(lost).dead = True
         worker(lost).gate.set()
         with pytest.raises(GenerationError, match=r"replica 0 failed \(.*killed by the test\) after this request had"):
             [first, *await tokens(streaming)]
         sampled = await tokens(waiting)
-        assert (waiting.replica.index, waiting.moves, waiting.seed) == (1, 1, seed)
+        assert (waiting.replica, waiting.moves, waiting.seed) == (1, 1, seed)
         assert sampled == await sample_alone(PROMPTS[1], seed)  # same seed, same tokens
         assert await tokens(filler) == reference_greedy(TINY, PROMPTS[3], 4)
         # The service goes on, on the survivor, while the lost replica is replaced.
@@ -180,12 +176,12 @@ def test_a_lost_replica_fails_streamed_requests_moves_the_others_and_is_replaced
             if replicas.replicas[0].up:
                 break
             await asyncio.sleep(0.01)
-        assert launched == [0] and replicas.stats[0].restarts == 1
-        assert replicas.describe() == {"replicas": 2, "replicas_up": 2}
+        assert launched == [0] and replicas.slot_stats[0].restarts == 1
+        assert (replicas.describe()["replicas"], replicas.describe()["replicas_up"]) == (2, 2)
         later = [replicas.submit(request(p, 3)) for p in PROMPTS]  # the new replica 0 is routed to again
         assert await asyncio.gather(*(tokens(g) for g in later)) == [reference_greedy(TINY, p, 3) for p in PROMPTS]
-        assert {g.replica.index for g in later} == {0, 1}
-        assert replicas.stats[0].requests[("interactive", "moved")] == 1
+        assert {g.replica for g in later} == {0, 1}
+        assert replicas.slot_stats[0].requests[("interactive", "moved")] == 1
         assert recorder.outcomes.count(None) == 1  # only the streamed request counts as failed
         await replicas.drain(0.0)
         await replicas.close()
@@ -218,10 +214,9 @@ def test_with_every_replica_down_new_requests_get_503_and_waiting_ones_a_clear_e
         generation = replicas.submit(request(PROMPTS[0], 5))
         with pytest.raises(GenerationError, match="no other replica took it: no replica is serving"):
             await tokens(generation)
-        assert not replicas.running
-        with pytest.raises(ApiError) as refused:
+        assert replicas.running and not replicas.serving  # alive (/health), but nothing serves (/ready)
+        with pytest.raises(NoReplicaServing):
             replicas.submit(request(PROMPTS[0], 5))
-        assert refused.value.status == 503
         await replicas.close()
 
     asyncio.run(scenario())

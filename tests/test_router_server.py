@@ -5,8 +5,8 @@ import time
 
 import pytest
 import requests
-from harden_support import metric, wait_until
-from router_server import tiny_core, tiny_server
+from harden_support import HeldStream, metric, wait_until
+from router_server import tiny_parts, tiny_server
 
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -25,7 +25,7 @@ class SlowWorker:
 
 @pytest.fixture(scope="module")
 def server():
-    with tiny_server(core=tiny_core(worker=SlowWorker)) as running:
+    with tiny_server(parts=tiny_parts(worker=SlowWorker)) as running:
         yield running
 
 
@@ -38,7 +38,7 @@ def events(response) -> list[bytes]:
 
 
 def blocks_all_free(server) -> bool:
-    stats = server.state.engine.scheduler.stats()
+    stats = server.state.engine.stats()
     return stats.free_blocks == stats.total_blocks and server.state.engine.in_flight == 0
 
 
@@ -144,11 +144,9 @@ def test_stop_sequence_spanning_tokens_ends_the_request_and_frees_its_blocks(ser
 
 def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_blocks_freed(server):
     body = {"inputs": "Hello", "parameters": {"max_new_tokens": 400}}
-    with requests.post(server.url + "/generate_stream", json=body, stream=True, timeout=30) as response:
-        lines = response.iter_lines()
-        next(lines)
+    with HeldStream(server.url, body):
         time.sleep(0.2)
-        stats = server.state.engine.scheduler.stats()
+        stats = server.state.engine.stats()
         assert stats.free_blocks < stats.total_blocks and server.state.engine.in_flight == 1
     wait_until(lambda: blocks_all_free(server), timeout=2.0)  # finishing the 400 tokens would take 8 s
     assert metric(server, "niyama_kv_blocks_free") == metric(server, "niyama_kv_blocks_total")
@@ -158,11 +156,9 @@ def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_blocks_freed(se
 
 
 def test_over_the_concurrency_limit_is_429_overloaded_with_retry_after():
-    with tiny_server(core=tiny_core(worker=SlowWorker), max_concurrent_requests=1) as server:
+    with tiny_server(parts=tiny_parts(worker=SlowWorker), max_concurrent_requests=1) as server:
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 400}}
-        with requests.post(server.url + "/generate_stream", json=body, stream=True, timeout=30) as first:
-            lines = first.iter_lines()
-            next(lines)
+        with HeldStream(server.url, body):
             for route in ("/generate", "/generate_stream", "/v1/completions"):
                 refused = requests.post(server.url + route, json={"inputs": "x", "prompt": "x"}, timeout=30)
                 assert refused.status_code == 429, route
@@ -195,7 +191,7 @@ class FailingWorker:
 
 
 def test_a_failed_step_fails_only_its_requests_and_the_server_stays_up():
-    with tiny_server(core=tiny_core(worker=FailingWorker)) as server:
+    with tiny_server(parts=tiny_parts(worker=FailingWorker)) as server:
         FailingWorker.failing = True
         try:
             failed = requests.post(server.url + "/generate", json={"inputs": "Hi"}, timeout=30)

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from router_server import real_tokenizer
 
+from niyama.engine.request import TokenOutput
 from niyama.qos.plan import SampledToken
 from niyama.router.detokenizer import IncrementalDetokenizer
-from niyama.router.engine_core import TokenOutput
 from niyama.router.stop_sequences import StopMatcher
 from niyama.router.streaming import TokenPipeline
 

@@ -8,11 +8,10 @@ from support import Job, make_runner, run_jobs, tiny_llama, tiny_loaded
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from niyama.engine.protocol import PlanError, SamplingParams, SequenceError
 from niyama.qos.plan import Chunk, Plan
 from niyama.worker import loading
 from niyama.worker.loading import ModelLoadError, load_model
-from niyama.worker.runner import PlanError, SequenceError
-from niyama.worker.sampling import SamplingParams
 
 TINY = tiny_llama()
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from support import Job, make_runner, reference_greedy, run_jobs, tiny_llama, tiny_loaded
 
+from niyama.engine.protocol import SamplingParams
 from niyama.qos.plan import Chunk, Plan
-from niyama.worker.sampling import SamplingParams
+from niyama.worker.sampling import penalties
 
 TINY = tiny_llama()
 rng = random.Random(7)
@@ -35,16 +36,6 @@ def test_a_different_seed_gives_different_tokens():
     assert generate([Job("a", PROMPTS[0], 12, replace(SAMPLED, seed=4321))])["a"] != first
 
 
-def test_seed_is_reported_only_when_sampling():
-    runner, _ = make_runner(tiny_loaded(TINY))
-    assert runner.add_sequence("greedy", [5, 6], SamplingParams()) is None
-    assert runner.add_sequence("seeded", [5, 6], SamplingParams(do_sample=True, seed=99)) == 99
-    drawn = runner.add_sequence("drawn", [5, 6], SamplingParams(do_sample=True))
-    assert isinstance(drawn, int)
-    # As in TGI, a warper alone turns sampling on.
-    assert runner.add_sequence("warped", [5, 6], SamplingParams(temperature=0.5, seed=3)) == 3
-
-
 def test_top_k_one_is_greedy():
     params = SamplingParams(do_sample=True, top_k=1, seed=5)
     assert generate([Job("a", PROMPTS[2], 10, params)])["a"] == reference_greedy(TINY, PROMPTS[2], 10)
@@ -59,7 +50,7 @@ def test_repetition_penalty_matches_generate(penalty):
 
 def test_frequency_and_presence_penalties_shift_exactly_the_seen_tokens():
     params = SamplingParams(frequency_penalty=1.5, presence_penalty=0.5)
-    processors = params.penalties()
+    processors = penalties(params)
     history = torch.tensor([[4, 4, 7, 9]])
     scores = torch.zeros(1, 12, dtype=torch.float64)
     for processor in processors:

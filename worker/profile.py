@@ -116,7 +116,7 @@ def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -
         "model": loaded.model_id,
         "device": device_name(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "grid": grid.name,
         "samples": samples,
     }

@@ -14,37 +14,15 @@ import time
 
 import torch
 
+from niyama.engine.protocol import PlanError, SamplingParams, SequenceError, check_prompt
 from niyama.qos.plan import Plan, SampledToken, StepResult
 
 from .attention import ATTENTION_NAME
 from .kv_cache import KVCacheSpec, PagedKVCache
 from .layout import StepLayout, lay_out
 from .loading import LoadedModel
-from .sampling import RequestSampler, SamplingParams, choose, full_precision
+from .sampling import RequestSampler, choose, full_precision
 from .sequence import Sequence
-
-
-class PlanError(ValueError):
-    """A plan the worker cannot run as given (unknown request, missing blocks...)."""
-
-
-class SequenceError(ValueError):
-    """A request the worker cannot accept (empty prompt, beyond the model's context...)."""
-
-
-class WorkerLost(RuntimeError):
-    """The worker is gone (its process or node died), with every sequence and KV block it held."""
-
-
-def check_prompt(prompt_ids: list[int], max_context: int, vocab_size: int) -> None:
-    """Raise `SequenceError` for a prompt no step could run; a remote worker's client checks it locally too."""
-    if not prompt_ids:
-        raise SequenceError("the prompt is empty")
-    if len(prompt_ids) >= max_context:
-        raise SequenceError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {max_context} tokens")
-    bad = next((t for t in prompt_ids if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise SequenceError(f"token id {bad} is outside the vocabulary (size {vocab_size})")
 
 
 class ModelRunner:
@@ -60,15 +38,14 @@ class ModelRunner:
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.sequences: dict[str, Sequence] = {}
 
-    def add_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> int | None:
-        """Register a request before it appears in a plan; returns the seed it samples with (None if greedy)."""
+    def add_sequence(self, request_id: str, prompt_ids: list[int] | tuple[int, ...], params: SamplingParams) -> None:
+        """Register a request before it appears in a plan."""
         if request_id in self.sequences:
             raise SequenceError(f"request {request_id!r} is already registered")
         check_prompt(prompt_ids, self.loaded.max_context, self.vocab_size)
         sampler = RequestSampler(params, self.device)
         logprobs = [None] if params.prompt_logprobs else None
         self.sequences[request_id] = Sequence(request_id, list(prompt_ids), len(prompt_ids), sampler, logprobs)
-        return sampler.seed
 
     def remove_sequence(self, request_id: str) -> None:
         self.sequences.pop(request_id, None)

@@ -22,6 +22,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
+from niyama.engine.protocol import SamplingParams
 from niyama.qos.plan import TokenLogprob
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,58 +32,32 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GREEDY_TEMPERATURE = 1e-5
 
 
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    do_sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    top_n_tokens: int = 0
-    prompt_logprobs: bool = False
+def penalties(params: SamplingParams) -> list[Processor]:
+    chain: list[Processor] = []
+    if params.repetition_penalty is not None and params.repetition_penalty != 1.0:
+        chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.frequency_penalty:
+        chain.append(_FrequencyPenalty(params.frequency_penalty))
+    if params.presence_penalty:
+        chain.append(_PresencePenalty(params.presence_penalty))
+    return chain
 
-    @property
-    def has_warpers(self) -> bool:
-        return (
-            (self.temperature is not None and self.temperature != 1.0)
-            or bool(self.top_k)
-            or (self.top_p is not None and self.top_p < 1.0)
-            or (self.typical_p is not None and self.typical_p < 1.0)
-        )
 
-    @property
-    def samples(self) -> bool:
-        return self.do_sample or self.has_warpers
-
-    def penalties(self) -> list[Processor]:
-        chain: list[Processor] = []
-        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
-            chain.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        if self.frequency_penalty:
-            chain.append(_FrequencyPenalty(self.frequency_penalty))
-        if self.presence_penalty:
-            chain.append(_PresencePenalty(self.presence_penalty))
-        return chain
-
-    def warpers(self) -> list[Processor]:
-        if not self.samples:
-            return []
-        chain: list[Processor] = []
-        if self.temperature is not None and self.temperature < GREEDY_TEMPERATURE:
-            chain.append(_most_likely)
-        elif self.temperature is not None and self.temperature != 1.0:
-            chain.append(TemperatureLogitsWarper(self.temperature))
-        if self.top_k:
-            chain.append(TopKLogitsWarper(self.top_k))
-        if self.top_p is not None and self.top_p < 1.0:
-            chain.append(TopPLogitsWarper(self.top_p))
-        if self.typical_p is not None and self.typical_p < 1.0:
-            chain.append(TypicalLogitsWarper(self.typical_p))
-        return chain
+def warpers(params: SamplingParams) -> list[Processor]:
+    if not params.samples:
+        return []
+    chain: list[Processor] = []
+    if params.temperature is not None and params.temperature < GREEDY_TEMPERATURE:
+        chain.append(_most_likely)
+    elif params.temperature is not None and params.temperature != 1.0:
+        chain.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k:
+        chain.append(TopKLogitsWarper(params.top_k))
+    if params.top_p is not None and params.top_p < 1.0:
+        chain.append(TopPLogitsWarper(params.top_p))
+    if params.typical_p is not None and params.typical_p < 1.0:
+        chain.append(TypicalLogitsWarper(params.typical_p))
+    return chain
 
 
 def _most_likely(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -123,7 +98,7 @@ class RequestSampler:
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
-        self.processors = params.penalties() + params.warpers()
+        self.processors = penalties(params) + warpers(params)
         self.generator: torch.Generator | None = None
         if params.samples:
             self.generator = torch.Generator(device=device)

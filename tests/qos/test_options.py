@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from niyama.qos import simulate_cli
+from niyama.engine import simulate_cli
 from niyama.qos.deadlines import BATCH_SECONDS_PER_TOKEN
 from niyama.qos.errors import QosConfigError
 from niyama.qos.options import FLAGS, CacheConfig, RunConfig, add_run_options, run_config

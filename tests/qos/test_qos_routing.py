@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from niyama.qos import simulate_cli
+from niyama.engine import simulate_cli
+from niyama.engine.simulator import SimSetup, simulate
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.errors import RequestTooLargeError
 from niyama.qos.kv_blocks import BlockAllocator
@@ -14,7 +15,6 @@ from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.request import Request
 from niyama.qos.routing import Outlook, RoundRobin, SlackRouting, make_routing
 from niyama.qos.scheduler import make_scheduler
-from niyama.qos.simulator import SimSetup, simulate
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload
 

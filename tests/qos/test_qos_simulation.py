@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from niyama.qos import simulate_cli
-from niyama.qos.capacity import Probe, goodput
+from niyama.engine import simulate_cli
+from niyama.engine.capacity import Probe, goodput
+from niyama.engine.report import percentile
+from niyama.engine.simulator import SimSetup, simulate
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.errors import TraceError
-from niyama.qos.report import percentile
-from niyama.qos.simulator import SimSetup, simulate
+from niyama.qos.policy import policy_config
 from niyama.qos.traces import load_trace, parse_trace
 from niyama.qos.workload import RatePhase, build_workload, parse_mix, parse_rate_schedule, rate_at
 
@@ -95,7 +96,7 @@ def test_percentile_interpolates():
 
 def test_simulation_accounts_every_request():
     requests = build_workload(load_trace("azure-conv"), PAPER, (1 / 3,) * 3, (RatePhase(2.0, 60),), 60.0, seed=0)
-    result = simulate(SimSetup(PAPER, "niyama"), requests)
+    result = simulate(SimSetup(PAPER), requests)
     assert sum(len(r.outcomes) for r in result.tiers.values()) == len(requests)
     assert result.tokens == sum(r.prompt_len + r.max_new_tokens - 1 for r in requests)
     assert sum(o.tokens for r in result.tiers.values() for o in r.outcomes) == sum(r.max_new_tokens for r in requests)
@@ -104,7 +105,7 @@ def test_simulation_accounts_every_request():
 
 def test_simulation_rejects_requests_that_never_fit():
     requests = build_workload(load_trace("azure-code"), PAPER, (1 / 3,) * 3, (RatePhase(2.0, 30),), 30.0, seed=0)
-    result = simulate(SimSetup(PAPER, "edf", kv_tokens=4096), requests)
+    result = simulate(SimSetup(PAPER, policy_config("edf"), kv_tokens=4096), requests)
     too_big = sum(r.prompt_len + r.max_new_tokens > 4096 for r in requests)
     assert too_big > 0
     assert sum(r.rejected for r in result.tiers.values()) == too_big

@@ -1,56 +1,32 @@
 """One step of serving: the scheduler decides, the worker computes, the core keeps them in step.
 
-Synchronous, with the clock injected. The async engine loop drives the same
-three calls (`prepare` and `complete` on the event loop, `execute` on a
-worker thread); the engine benchmark drives `step` in a plain loop. Because
-the worker may be mid-step when a request arrives or leaves, the core never
-touches the worker outside `prepare`: registrations and removals wait there.
+Synchronous, with the clock injected, and the only place that drives
+schedule -> execute -> on_step: the asyncio loop (`loop.py`) runs `prepare`
+and `complete` on the event loop and `execute` on its step thread; the
+simulator runs the same calls on a virtual clock with a latency-model worker
+(`virtual.py`); benchmarks and tests call `step`. Because the worker may be
+mid-step when a request arrives or leaves, the core never touches the worker
+outside `prepare`: registrations and removals wait there.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import dataclass, field
 
-from niyama.qos.plan import Plan, SampledToken, StepResult
-from niyama.qos.request import Request
+from niyama.qos.plan import Plan, StepResult
 from niyama.qos.scheduler import Scheduler
-from niyama.worker.sampling import SamplingParams
+from niyama.qos.tiers import SloTargets
 
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request, as the HTTP layer hands it to the engine."""
-
-    prompt_ids: tuple[int, ...]
-    params: SamplingParams
-    max_new_tokens: int
-    tier: str
-    ttft: float | None = None  # tightened targets, seconds
-    tbt: float | None = None
-    ttlt: float | None = None
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class TokenOutput:
-    request_id: str
-    token: SampledToken
-    finish_reason: str | None  # "eos_token" or "length" on a request's last token
+from .protocol import Worker
+from .request import GenerationRequest, TokenOutput
 
 
 @dataclass
 class StepOutputs:
     tokens: list[TokenOutput] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> why
-
-
-class Worker(Protocol):
-    def add_sequence(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> int | None: ...
-    def remove_sequence(self, request_id: str) -> None: ...
-    def execute(self, plan: Plan) -> StepResult: ...
 
 
 class EngineCore:
@@ -71,24 +47,20 @@ class EngineCore:
     def has_work(self) -> bool:
         return bool(self._live)
 
-    def add(self, request_id: str, request: GenerationRequest, arrival: float) -> GenerationRequest:
-        """Queue a request; returns it with its seed fixed when it samples.
+    def add(self, request: GenerationRequest) -> tuple[GenerationRequest, SloTargets]:
+        """Queue a submitted request; returns it with its seed fixed when it samples, and its targets.
 
         Raises the scheduler's ``AdmissionError`` when it can never be served.
         """
         if request.params.samples and request.params.seed is None:
-            request = replace(request, params=replace(request.params, seed=self._seeds.getrandbits(63)))
-        self.scheduler.add(
-            Request(request_id, request.tier, arrival, len(request.prompt_ids), request.max_new_tokens,
-                    request.ttft, request.tbt, request.ttlt),
-            arrival,
-        )  # fmt: skip
-        self._live[request_id] = request
-        self._to_register[request_id] = request
-        return request
+            request = request.seeded(self._seeds.getrandbits(63))
+        targets = self.scheduler.add(request, request.arrival)
+        self._live[request.id] = request
+        self._to_register[request.id] = request
+        return request, targets
 
     def abort(self, request_id: str) -> None:
-        """Drop a request now (disconnect, stop sequence): its KV blocks are free at once."""
+        """Drop a request now (disconnect, stop sequence, failure): its KV blocks are free at once."""
         if self._live.pop(request_id, None) is None:
             return
         self.scheduler.finish(request_id)
@@ -109,7 +81,7 @@ class EngineCore:
         self.settle()
         for request_id, request in self._to_register.items():
             try:
-                self.worker.add_sequence(request_id, list(request.prompt_ids), request.params)
+                self.worker.add_sequence(request_id, request.prompt_ids, request.params)
             except ValueError as error:
                 outputs.failed[request_id] = str(error)
                 continue
@@ -148,6 +120,13 @@ class EngineCore:
         self.settle()
         return outputs
 
+    def fail_all(self, why: str) -> StepOutputs:
+        """Fail every request it holds (its worker is lost, or the engine is shutting down)."""
+        outputs = StepOutputs(failed=dict.fromkeys(self._live, why))
+        for request_id in list(self._live):
+            self.abort(request_id)
+        return outputs
+
     def step(self) -> StepOutputs:
         """prepare, execute and complete in the calling thread (benchmarks, tests)."""
         plan, outputs = self.prepare()
@@ -156,9 +135,7 @@ class EngineCore:
         try:
             result = self.worker.execute(plan)
         except Exception as error:  # noqa: BLE001 - a failed step fails its requests, not the engine
-            failed = self.fail(plan, error)
-            outputs.failed.update(failed.failed)
+            outputs.failed.update(self.fail(plan, error).failed)
             return outputs
-        done = self.complete(result)
-        outputs.tokens.extend(done.tokens)
+        outputs.tokens.extend(self.complete(result).tokens)
         return outputs

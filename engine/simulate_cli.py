@@ -15,16 +15,14 @@ import sys
 
 from tqdm import tqdm
 
-from niyama.engine.capacity import Probe, goodput_search, silo_vs_shared
-from niyama.engine.report import format_table, summarize
-from niyama.engine.simulator import SimSetup, simulate
+from niyama.qos.options import RunConfig, add_run_options, run_config
+from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.traces import BUILTIN_TRACES, load_trace
+from niyama.qos.workload import RatePhase, build_workload, parse_mix, parse_rate_schedule
 
-from .config import TierConfig
-from .options import RunConfig, add_run_options, run_config
-from .policy import policy_overrides
-from .predictor import LatencyPredictor
-from .traces import BUILTIN_TRACES, load_trace
-from .workload import RatePhase, build_workload, parse_mix, parse_rate_schedule
+from .capacity import Probe, goodput_search, silo_vs_shared
+from .report import format_table, summarize
+from .simulator import SimSetup, simulate
 
 PROG = "niyama simulate"
 
@@ -59,14 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sim_setup(config: RunConfig, tiers: TierConfig) -> SimSetup:
-    """The simulated server of ``config``, with its tiers loaded."""
-    return SimSetup(
-        tiers, config.policy.name, config.latency_model, config.cache.kv_tokens, config.cache.block_size,
-        policy_overrides(config.policy), config.replicas, config.routing,
-    )  # fmt: skip
-
-
 def main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -92,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace)
     mix = parse_mix(args.mix, tiers) if args.mix else tuple(1 / len(tiers.tiers) for _ in tiers.tiers)
     LatencyPredictor.load(config.latency_model)  # fail fast on a bad profile, before any simulation
-    setup = sim_setup(config, tiers)
+    setup = SimSetup.from_config(config, tiers)
     poisson = args.arrivals == "poisson" or trace.times is None
     rate = args.rate or (None if poisson else trace.native_rate)
     if args.goodput:

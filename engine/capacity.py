@@ -15,10 +15,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .request import Request
+from niyama.qos.policy import policy_config
+from niyama.qos.request import Request
+from niyama.qos.traces import Trace
+from niyama.qos.workload import RatePhase, build_workload
+
 from .simulator import SimSetup, simulate
-from .traces import Trace
-from .workload import RatePhase, build_workload
 
 MISS_BUDGET = 0.01
 # The paper's siloed baseline: one replica group per tier with a fixed chunk.
@@ -148,6 +150,6 @@ def silo_vs_shared(setup: SimSetup, requests: Sequence[Request]) -> SiloComparis
     silo = {}
     for tier in setup.tiers.tiers:
         own = [r for r in requests if r.tier == tier.name]
-        silo_setup = replace(setup, policy="edf", options={"token_budget": SILO_BUDGETS[tier.kind]})
+        silo_setup = replace(setup, policy=policy_config("edf", token_budget=SILO_BUDGETS[tier.kind]))
         silo[tier.name] = replicas_needed(silo_setup, own)
     return SiloComparison(shared, silo)
