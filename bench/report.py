@@ -13,18 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-
-def _cell(value: object, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+from niyama.engine.report import cell
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return lines
 
 
@@ -57,8 +51,8 @@ def tier_table(summary: dict) -> list[str]:
     ]
     total = (
         f"overall: {summary['requests']} requests, {summary['completed']} completed, {summary['misses']} missed "
-        f"({summary['violation_pct']:.2f}%); {_cell(summary['throughput_rps'])} req/s, "
-        f"{_cell(summary['output_tokens_per_s'], 1)} output tokens/s over {summary['wall_seconds']:.1f} s"
+        f"({summary['violation_pct']:.2f}%); {cell(summary['throughput_rps'])} req/s, "
+        f"{cell(summary['output_tokens_per_s'], 1)} output tokens/s over {summary['wall_seconds']:.1f} s"
     )
     errors = {kind: n for e in summary["tiers"].values() for kind, n in e["errors"].items()}
     notes = [total] + ([f"errors: {', '.join(f'{k} x{n}' for k, n in errors.items())}"] if errors else [])

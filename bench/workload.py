@@ -15,12 +15,12 @@ finally trims the prompt so prompt plus output fits the server's context.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from niyama.qos.config import TierConfig
 from niyama.qos.traces import Trace
+from niyama.qos.workload import tier_draws
 
 from .arrivals import ArrivalProcess, arrivals
 
@@ -77,20 +77,6 @@ class BenchRequest:
     output_tokens: int  # asked for as max new tokens (with ignore_eos, also what should come back)
 
 
-def assign_tiers(count: int, tiers: TierConfig, mix: Sequence[float], seed: int) -> list[str]:
-    """``count`` tier names drawn in ``mix`` shares (file order), as ``qos.workload`` draws them."""
-    rng = random.Random(f"{seed}:tiers")
-    cumulative = [sum(mix[: i + 1]) for i in range(len(mix))]
-    last = max(i for i, share in enumerate(mix) if share > 0)
-    cumulative[last] = 2.0  # rounding must never leave a draw unassigned
-    names = tiers.names
-    result = []
-    for _ in range(count):
-        draw = rng.random()
-        result.append(next((names[i] for i, edge in enumerate(cumulative) if draw < edge), names[-1]))
-    return result
-
-
 def build_requests(
     trace: Trace,
     tiers: TierConfig,
@@ -103,7 +89,8 @@ def build_requests(
 ) -> list[BenchRequest]:
     """The requests of one run, in arrival order."""
     times = arrivals(process, duration, seed, len(trace), trace.times, max_requests)
-    names = assign_tiers(len(times), tiers, mix, seed)
+    next_tier = tier_draws(tiers, mix, seed)
+    names = [next_tier() for _ in times]
     requests = []
     for index, (arrival, tier) in enumerate(zip(times, names)):
         prompt, output = scaling.apply(trace.prompt_lens[arrival.row], trace.output_lens[arrival.row])

@@ -78,11 +78,12 @@ def summarize(result: SimResult) -> dict:
     }
 
 
-def _cell(value: object) -> str:
+def cell(value: object, digits: int = 3) -> str:
+    """A table cell: "-" for nothing, floats to ``digits`` places."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -91,7 +92,7 @@ def format_table(summary: dict) -> str:
     columns = ["count", "completed", "relegated", "violation_pct", "tbt_violation_pct",
                "ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "ttlt_p50", "ttlt_p99"]  # fmt: skip
     headers = ["tier", *(c.replace("_violation_pct", " viol%").replace("violation_pct", "viol%") for c in columns)]
-    rows = [[name, *(_cell(entry[c]) for c in columns)] for name, entry in summary["tiers"].items()]
+    rows = [[name, *(cell(entry[c]) for c in columns)] for name, entry in summary["tiers"].items()]
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [headers, *rows]]
     lines.append(

@@ -12,7 +12,7 @@ fixes the workload exactly.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .config import TierConfig
@@ -65,6 +65,21 @@ def rate_at(phases: Sequence[RatePhase], time: float) -> float:
     return phases[-1].rate
 
 
+def tier_draws(tiers: TierConfig, mix: Sequence[float], seed: int) -> Callable[[], str]:
+    """Each call: the next request's tier, drawn in ``mix`` shares (file order) from the seed's own stream."""
+    rng = random.Random(f"{seed}:tiers")
+    cumulative = [sum(mix[: i + 1]) for i in range(len(mix))]
+    last = max(i for i, share in enumerate(mix) if share > 0)
+    cumulative[last] = 2.0  # rounding must never leave a draw unassigned
+    names = tiers.names
+
+    def draw() -> str:
+        value = rng.random()
+        return next((names[i] for i, edge in enumerate(cumulative) if value < edge), names[-1])
+
+    return draw
+
+
 def build_workload(
     trace: Trace,
     tiers: TierConfig,
@@ -81,11 +96,7 @@ def build_workload(
     """
     arrivals_rng = random.Random(f"{seed}:arrivals")
     lengths_rng = random.Random(f"{seed}:lengths")
-    tiers_rng = random.Random(f"{seed}:tiers")
-    cumulative = [sum(mix[: i + 1]) for i in range(len(mix))]
-    last = max(i for i, share in enumerate(mix) if share > 0)
-    cumulative[last] = 2.0  # rounding must never leave a draw unassigned
-    names = tiers.names
+    next_tier = tier_draws(tiers, mix, seed)
     native = None if poisson else trace.native_rate
     times = trace.times
     mean_gap = 1.0 / native if native else 0.0
@@ -104,7 +115,5 @@ def build_workload(
             row = 0
         if now >= duration:
             return requests
-        draw = tiers_rng.random()
-        tier = next((names[i] for i, edge in enumerate(cumulative) if draw < edge), names[-1])
-        requests.append(Request(f"r{index}", tier, now, trace.prompt_lens[row], trace.output_lens[row]))
+        requests.append(Request(f"r{index}", next_tier(), now, trace.prompt_lens[row], trace.output_lens[row]))
         index += 1

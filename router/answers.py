@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from niyama.engine.generation import Generation, GenerationError
+from niyama.engine.api import GenerationHandle
+from niyama.engine.generation import GenerationError
 
 from .errors import CLIENT_STALLED, INCOMPLETE, ApiError, as_event, generation_error
 from .inference import Admitted, Sequence
@@ -30,7 +31,7 @@ from .validation import ValidRequest
 class Run:
     """One live generation and how its batches become bytes."""
 
-    generation: Generation
+    generation: GenerationHandle
     pipeline: TokenPipeline
     format: Callable[[list[TokenEvent]], bytes]
 

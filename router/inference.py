@@ -15,8 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from niyama.engine.generation import Generation
-from niyama.engine.replicas import ReplicaSet
+from niyama.engine.api import Engine, GenerationHandle
 from niyama.engine.request import GenerationRequest
 from niyama.qos.tiers import SloTargets
 
@@ -33,7 +32,7 @@ from .validation import ValidRequest
 class Sequence:
     """One generation run to its end."""
 
-    generation: Generation
+    generation: GenerationHandle
     pipeline: TokenPipeline
     events: list[TokenEvent]
 
@@ -59,7 +58,7 @@ class Admitted:
     """
 
     permit: Permit
-    started: list[tuple[Generation, TokenPipeline]]
+    started: list[tuple[GenerationHandle, TokenPipeline]]
 
     async def close(self) -> None:
         for generation, _ in self.started:
@@ -69,7 +68,7 @@ class Admitted:
 
 class Inference:
     def __init__(
-        self, engine: ReplicaSet, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
+        self, engine: Engine, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -80,7 +79,9 @@ class Inference:
         )
         self.limit = self.admission.total
 
-    def _start(self, valid: ValidRequest, tier: str, targets: SloTargets | None) -> tuple[Generation, TokenPipeline]:
+    def _start(
+        self, valid: ValidRequest, tier: str, targets: SloTargets | None
+    ) -> tuple[GenerationHandle, TokenPipeline]:
         """Submit one generation (raises the scheduler's AdmissionError, EngineStopping or NoReplicaServing)."""
         request = GenerationRequest.of(
             valid.prompt_ids, valid.params, valid.max_new_tokens, tier, targets, valid.ignore_eos
@@ -106,14 +107,14 @@ class Inference:
             raise
         return admitted
 
-    async def run(self, generation: Generation, pipeline: TokenPipeline) -> Sequence:
+    async def run(self, generation: GenerationHandle, pipeline: TokenPipeline) -> Sequence:
         events: list[TokenEvent] = []
         async for batch in token_batches(generation, pipeline):
             if batch:
                 events += batch
         return Sequence(generation, pipeline, events)
 
-    async def run_all(self, started: list[tuple[Generation, TokenPipeline]]) -> list[Sequence]:
+    async def run_all(self, started: list[tuple[GenerationHandle, TokenPipeline]]) -> list[Sequence]:
         """Run started generations side by side to their end; the first failure stops them all."""
         runs = [asyncio.ensure_future(self.run(generation, pipeline)) for generation, pipeline in started]
         try:
@@ -124,7 +125,7 @@ class Inference:
             await asyncio.gather(*runs, return_exceptions=True)
 
     def record_success(
-        self, started: float, valid: ValidRequest, generation: Generation, generated: int
+        self, started: float, valid: ValidRequest, generation: GenerationHandle, generated: int
     ) -> dict[str, str]:
         """Count a finished request in /metrics; returns TGI's timing headers (milliseconds; compute time in s)."""
         now = time.monotonic()

@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from niyama.engine.generation import Generation
+from niyama.engine.api import GenerationHandle
 from niyama.qos.config import TierConfig
 from niyama.qos.plan import Plan, StepResult
 from niyama.qos.slo import OBJECTIVES
@@ -140,11 +140,11 @@ class Metrics:
         self.batch_success.inc(method)
         self.forward_duration.labels(method).observe(result.seconds)
 
-    def token_done(self, generation: Generation, gap: float | None) -> None:
+    def token_done(self, generation: GenerationHandle, gap: float | None) -> None:
         if gap is not None:
             self.tbt.labels(generation.request.tier).observe(gap)
 
-    def request_done(self, generation: Generation) -> None:
+    def request_done(self, generation: GenerationHandle) -> None:
         tier = generation.request.tier
         if generation.finish_reason is None:
             self.tier_requests.labels(tier, "failed").inc()

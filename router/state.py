@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from niyama.engine.replicas import ReplicaSet
+from niyama.engine.api import Engine
 from niyama.qos.config import TierConfig
 
 from .inference import Inference
@@ -18,7 +18,7 @@ class ServerState:
     settings: ServerSettings
     tokenizer: TextTokenizer
     tiers: TierConfig
-    engine: ReplicaSet
+    engine: Engine
     metrics: Metrics
     inference: Inference
     run_config: dict | None = None  # the configuration it serves with, as /info reports it

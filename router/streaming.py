@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from niyama.engine.generation import Generation
+from niyama.engine.api import GenerationHandle
 from niyama.engine.request import TokenOutput
 
 from .detokenizer import IncrementalDetokenizer
@@ -107,7 +107,9 @@ class TokenPipeline:
         return self.visible + (self.stop or "")
 
 
-async def token_batches(generation: Generation, pipeline: TokenPipeline) -> AsyncIterator[list[TokenEvent] | None]:
+async def token_batches(
+    generation: GenerationHandle, pipeline: TokenPipeline
+) -> AsyncIterator[list[TokenEvent] | None]:
     """Events of ``generation`` in batches of whatever is ready; ``None`` after 15 s of silence (keep-alive).
 
     Ends after the last token; raises `GenerationError` if the engine fails

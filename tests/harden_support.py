@@ -9,6 +9,7 @@ from collections.abc import Callable
 import requests
 
 from niyama.bench import prometheus
+from niyama.engine.faults import WrappedWorker
 
 
 def assert_envelope(response: requests.Response, status: int, error_type: str) -> str:
@@ -45,26 +46,13 @@ def settled(server) -> bool:
     return stats.free_blocks == stats.total_blocks and state.engine.in_flight == 0 and state.inference.limit.in_use == 0
 
 
-class PacedWorker:
-    """The real runner, at least ``seconds`` per step: requests stay in flight long enough to look at them."""
+class PacedWorker(WrappedWorker):
+    """The real runner, 20 ms more per step: requests stay in flight long enough to look at them."""
 
     seconds = 0.02
 
-    def __init__(self, runner) -> None:
-        self.runner = runner
-        self.sequences = runner.sequences
-
-    def add_sequence(self, *args):
-        return self.runner.add_sequence(*args)
-
-    def remove_sequence(self, request_id: str) -> None:
-        self.runner.remove_sequence(request_id)
-
-    def execute(self, plan):
-        started = time.monotonic()
-        result = self.runner.execute(plan)
-        time.sleep(max(0.0, self.seconds - (time.monotonic() - started)))
-        return result
+    def before_step(self, plan) -> None:
+        time.sleep(self.seconds)
 
 
 class HeldStream:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import torch
 
 from niyama.engine.protocol import SamplingParams
@@ -139,3 +141,26 @@ def make_runner(loaded: LoadedModel, kv_tokens: int = 4096, block_size: int = 4)
         loaded.model.config, loaded.dtype, loaded.device, block_size=block_size, kv_cache_tokens=kv_tokens
     )
     return ModelRunner(loaded, spec), BlockAllocator(spec.num_blocks, spec.block_size)
+
+
+class BackgroundStream:
+    """A long `/generate_stream` read on a thread: its SSE `data:` lines, and an event set at the first one."""
+
+    def __init__(self, url: str, body: dict) -> None:
+        self.events: list[str] = []
+        self.first_token = threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(url, body))
+        self.thread.start()
+
+    def _read(self, url: str, body: dict) -> None:
+        with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=120) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data:"):
+                    self.events.append(line)
+                    self.first_token.set()
+
+    def last_event(self, timeout: float = 120.0) -> str:
+        """The stream's last event, once it has ended."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the stream did not end"
+        return self.events[-1]

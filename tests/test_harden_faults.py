@@ -66,7 +66,8 @@ def test_clients_leaving_at_random_points_free_every_block_and_permit():
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda case: leave_at(server.url, *case, random.Random(rng.random())), cases))
         worker = server.state.engine.replicas[0].parts.worker
-        wait_until(lambda: settled(server) and not worker.sequences)  # the worker drops aborted sequences between steps
+        runner = worker.worker
+        wait_until(lambda: settled(server) and not runner.sequences)  # the runner drops aborted sequences between steps
         assert server.state.engine.stats().free_blocks == start.free_blocks
         assert metric(server, 'niyama_tier_requests_total{outcome="failed",tier="interactive"}') >= 8
         assert metric(server, 'tgi_request_failure{err="client_closed"}') >= 1  # left mid-body

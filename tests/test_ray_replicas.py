@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +22,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 from router_server import ThreadedServer
-from support import reference_greedy
+from support import BackgroundStream, reference_greedy
 
 from niyama.engine.launch import LocalWorkers, ReplicaRecipe, launch_all
 from niyama.engine.protocol import WorkerConfig
@@ -142,28 +141,17 @@ def test_two_replicas_give_the_single_replica_servers_tokens_and_share_the_reque
 
 def test_a_killed_replica_does_not_take_the_service_down(replicated, single):
     replicas = replicated.state.engine
-    events: list[str] = []
-    first_token = threading.Event()
-
-    def stream() -> None:
-        body = {
-            "inputs": "Tell me a very long story about a dragon.",
-            "parameters": {"max_new_tokens": 400, "ignore_eos": True},
-        }
-        with httpx.stream("POST", f"{replicated.url}/generate_stream", json=body, timeout=120) as answer:
-            for line in answer.iter_lines():
-                if line.startswith("data:"):
-                    events.append(line)
-                    first_token.set()
-
-    streamer = threading.Thread(target=stream)
-    streamer.start()
-    assert first_token.wait(60)
+    body = {
+        "inputs": "Tell me a very long story about a dragon.",
+        "parameters": {"max_new_tokens": 400, "ignore_eos": True},
+    }
+    stream = BackgroundStream(replicated.url, body)
+    assert stream.first_token.wait(60)
     victim = next(r for r in replicas.replicas if r.engine.generations)
     ray.kill(victim.parts.worker.transport.actor)
-    streamer.join(120)
-    assert f"replica {victim.index} failed" in events[-1] and '"error_type":"generation"' in events[-1]
-    assert "cannot be resumed" in events[-1]
+    last = stream.last_event()
+    assert f"replica {victim.index} failed" in last and '"error_type":"generation"' in last
+    assert "cannot be resumed" in last
     assert httpx.get(f"{replicated.url}/health").status_code == 200
     assert generate_all(replicated.url, PROMPTS[:3]) == generate_all(single.url, PROMPTS[:3])
     deadline = time.monotonic() + 180

@@ -6,18 +6,17 @@ SIGTERM mid-stream. Only the base URL differs from each client's own examples.
 """
 
 import asyncio
-import json
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
 from huggingface_hub import InferenceClient
 from openai import OpenAI
-from support import free_port, reference_greedy
+from support import reference_greedy
 from text_generation import AsyncClient, Client
+
+from niyama.bench.servers import start_server, stop
+from niyama.bench.sse import json_events
 
 pytestmark = pytest.mark.slow
 
@@ -25,29 +24,15 @@ PROMPT = "The capital of France is"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def start_server(*extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "niyama.router.cli", "serve", "--port", str(port), "--latency-profile",
-               "a100-llama3-8b", "--max-total-tokens", "2048", "--log-level", "warning", *extra]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"niyama serve did not start:\n{process.communicate()[0]}")
+SERVE = ["--latency-profile", "a100-llama3-8b", "--max-total-tokens", "2048", "--log-level", "warning"]
 
 
 @pytest.fixture(scope="module")
 def url():
-    process, base = start_server()
+    process, base = start_server(SERVE, timeout=180)
     yield base
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
+    stop(process, grace=60)
+    assert process.returncode == 0
 
 
 def test_greedy_generate_is_model_generate_token_for_token(url, default_model):
@@ -136,14 +121,17 @@ def test_openai_client(url):
 
 
 def test_sigterm_lets_running_requests_finish_within_the_grace_period_then_exits_0():
-    process, base = start_server("--grace-period", "1")
+    process, base = start_server([*SERVE, "--grace-period", "1"], timeout=180)
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 1500, "ignore_eos": True}}
-    with requests.post(base + "/generate_stream", json=body, stream=True, timeout=120) as response:
-        lines = response.iter_lines()
-        next(lines)
-        process.send_signal(signal.SIGTERM)
-        events = [json.loads(line[len(b"data: ") :]) for line in lines if line]
-    assert process.wait(timeout=60) == 0
+    try:
+        with requests.post(base + "/generate_stream", json=body, stream=True, timeout=120) as response:
+            lines = response.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)
+            events = list(json_events(lines))
+        assert process.wait(timeout=60) == 0
+    finally:
+        stop(process)
     assert events[-1] == {"error": "Request failed during generation: the server shut down before this request "
                           "finished", "error_type": "generation"}  # fmt: skip
     assert len(events) > 1  # tokens kept coming during the grace period

@@ -5,27 +5,17 @@ import time
 
 import pytest
 import requests
-from harden_support import HeldStream, metric, wait_until
+from harden_support import HeldStream, PacedWorker, metric, wait_until
 from router_server import tiny_parts, tiny_server
+
+from niyama.engine.faults import WrappedWorker
 
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-class SlowWorker:
-    """The real runner, 20 ms per step: a request stays in flight while the test looks at it."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.add_sequence, self.remove_sequence = runner.add_sequence, runner.remove_sequence
-
-    def execute(self, plan):
-        time.sleep(0.02)
-        return self.runner.execute(plan)
-
-
 @pytest.fixture(scope="module")
 def server():
-    with tiny_server(parts=tiny_parts(worker=SlowWorker)) as running:
+    with tiny_server(parts=tiny_parts(worker=PacedWorker)) as running:
         yield running
 
 
@@ -156,7 +146,7 @@ def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_blocks_freed(se
 
 
 def test_over_the_concurrency_limit_is_429_overloaded_with_retry_after():
-    with tiny_server(parts=tiny_parts(worker=SlowWorker), max_concurrent_requests=1) as server:
+    with tiny_server(parts=tiny_parts(worker=PacedWorker), max_concurrent_requests=1) as server:
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 400}}
         with HeldStream(server.url, body):
             for route in ("/generate", "/generate_stream", "/v1/completions"):
@@ -170,24 +160,14 @@ def test_over_the_concurrency_limit_is_429_overloaded_with_retry_after():
         assert metric(server, 'tgi_request_failure{err="overloaded"}') == 3
 
 
-class FailingWorker:
+class FailingWorker(WrappedWorker):
     """The real runner, except that every step raises while `failing` is set."""
 
     failing = False
 
-    def __init__(self, runner):
-        self.runner = runner
-
-    def add_sequence(self, *args):
-        return self.runner.add_sequence(*args)
-
-    def remove_sequence(self, request_id):
-        self.runner.remove_sequence(request_id)
-
-    def execute(self, plan):
+    def before_step(self, plan):
         if FailingWorker.failing:
             raise RuntimeError("injected fault")
-        return self.runner.execute(plan)
 
 
 def test_a_failed_step_fails_only_its_requests_and_the_server_stays_up():

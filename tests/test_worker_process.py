@@ -14,14 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import pytest
+from harden_support import wait_until
+from support import BackgroundStream
 
 from niyama.bench.prometheus import parse
 from niyama.bench.servers import running_server, stop
+from niyama.qos.options import run_config
+from niyama.router.serve import parser
 
 pytestmark = pytest.mark.slow
 
@@ -37,48 +39,22 @@ def worker_pid(url: str) -> int:
     return httpx.get(f"{url}/info", timeout=10).json()["workers"][0]["pid"]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def test_a_killed_worker_fails_its_stream_and_is_replaced_while_the_server_stays_healthy():
     with running_server(SERVE_ARGS) as (_, url):
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        expected = run_config(parser().parse_args(SERVE_ARGS), "serve", max_concurrent_requests=128).as_dict()
+        assert info["niyama_config"] == expected  # /info reports the configuration it serves with
         victim = worker_pid(url)
-        events: list[str] = []
-        first_token = threading.Event()
-
-        def stream() -> None:
-            body = {"inputs": "Tell me a long story.", "parameters": {"max_new_tokens": 2000, "ignore_eos": True}}
-            with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=120) as answer:
-                for line in answer.iter_lines():
-                    if line.startswith("data:"):
-                        events.append(line)
-                        first_token.set()
-
-        streamer = threading.Thread(target=stream)
-        streamer.start()
-        assert first_token.wait(60)
+        body = {"inputs": "Tell me a long story.", "parameters": {"max_new_tokens": 2000, "ignore_eos": True}}
+        stream = BackgroundStream(url, body)
+        assert stream.first_token.wait(60)
         os.kill(victim, signal.SIGKILL)
-        streamer.join(60)
-        assert not streamer.is_alive()
-        last = json.loads(events[-1].removeprefix("data:"))
+        last = json.loads(stream.last_event(60).removeprefix("data:"))
         assert last["error_type"] == "generation"
         assert "replica 0 failed (the worker process" in last["error"] and "killed by SIGKILL" in last["error"]
         assert "cannot be resumed" in last["error"]
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-        wait_until(lambda: httpx.get(f"{url}/ready", timeout=10).status_code == 200)
+        wait_until(lambda: httpx.get(f"{url}/ready", timeout=10).status_code == 200, timeout=120)
         assert worker_pid(url) != victim
         answer = httpx.post(f"{url}/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 5}},
                             timeout=60)  # fmt: skip
@@ -88,11 +64,11 @@ def test_a_killed_worker_fails_its_stream_and_is_replaced_while_the_server_stays
         assert series['niyama_replica_restarts_total{replica="0"}'] == 1
 
 
-def test_a_sigkilled_server_leaves_no_worker_behind():
+def test_a_sigkilled_server_leaves_no_worker_behind(processes):
     with running_server(SERVE_ARGS) as (server, url):
         worker = worker_pid(url)
-        assert alive(worker)
+        assert processes.alive(worker)
         os.kill(server.pid, signal.SIGKILL)
         server.wait(10)
-        wait_until(lambda: not alive(worker), timeout=10)
+        wait_until(lambda: not processes.alive(worker), timeout=10)
         stop(server)

@@ -12,16 +12,9 @@ from niyama.qos.deadlines import BATCH_SECONDS_PER_TOKEN
 from niyama.qos.errors import QosConfigError
 from niyama.qos.options import FLAGS, CacheConfig, RunConfig, add_run_options, run_config
 from niyama.qos.policy import CHUNK_SIZES, KNOBS, PolicyConfig, policy_config
+from niyama.router.serve import parser as serve_parser
 
 TIER_FILE = '[[tiers]]\nname = "only"\nkind = "batch"\nttlt = "1h"\n'
-
-
-def serve_parser() -> argparse.ArgumentParser:
-    """What `niyama serve` registers (router/serve.py calls ``add_run_options(parser, command="serve")``)."""
-    parser = argparse.ArgumentParser(prog="niyama serve")
-    parser.add_argument("--max-concurrent-requests", type=int, default=128)
-    add_run_options(parser, command="serve")
-    return parser
 
 
 def option_strings(parser: argparse.ArgumentParser) -> dict[str, str]:
