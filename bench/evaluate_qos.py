@@ -12,7 +12,8 @@ side in one run so that a noisy machine weighs on every system alike:
    and TBT under each policy.
 
 Writes results.json, summary.md and plots to ``--out``; docs/results/
-qos_evaluation.md explains the choices. Run from a checkout:
+qos_evaluation.md explains the choices. Stopped early (Ctrl-C, SIGTERM), it
+stops the servers it started. Run from a checkout:
 ``.venv/bin/python -m niyama.bench.evaluate_qos --latency-profile PROFILE.json``.
 """
 
@@ -39,7 +40,7 @@ from .evaluate_report import write_report
 from .goodput import GoodputSearch
 from .probe import ProbeResult, Scenario, measure, run_probe
 from .prompt_text import PromptBuilder
-from .servers import ServerGroup, ServerSpec, scrape
+from .servers import ServerGroup, ServerSpec, scrape, sigterm_exits
 from .workload import LengthScaling, build_requests, merge, parse_scaling
 
 TIERS_TOML = """# Tier targets scaled to a 2-core CPU serving SmolLM2-135M (see docs/results/qos_evaluation.md).
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     tiers_path = args.out / "tiers.toml"
     tiers_path.write_text(TIERS_TOML.format(ttft=args.ttft, tbt=args.tbt, ttlt=args.ttlt))
     started = time.monotonic()
-    with ServerGroup(server_specs(args, tiers_path), args.out / "logs") as group:
+    # SIGTERM unwinds like Ctrl-C: the group stops every server it started, also one still starting.
+    with sigterm_exits(), ServerGroup(server_specs(args, tiers_path), args.out / "logs") as group:
         log(f"servers up in {time.monotonic() - started:.0f} s: {', '.join(group.servers)}")
         results = asyncio.run(evaluate(args, group, tiers_path))
         specs = {name: {"args": s.spec.args, "cores": s.spec.cores} for name, s in group.servers.items()}

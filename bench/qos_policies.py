@@ -11,18 +11,21 @@ Run: .venv/bin/python -m niyama.bench.qos_policies [--output docs/results/qos_po
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 
-from niyama.qos.capacity import SiloComparison, goodput_search, silo_vs_shared
+from niyama.engine.capacity import SiloComparison, goodput_search, silo_vs_shared
+from niyama.engine.report import summarize
+from niyama.engine.simulator import SimSetup, simulate
 from niyama.qos.config import builtin_tier_config
-from niyama.qos.report import summarize
-from niyama.qos.simulator import SimSetup, simulate
+from niyama.qos.policy import policy_config
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload, parse_rate_schedule
 
 from .report import print_and_save
+from .servers import sigterm_exits
 
 TRACE = "azure-code"
 TIERS = "paper"
@@ -45,7 +48,8 @@ ABLATION = (
 
 
 def _setup(policy: str, options: dict) -> SimSetup:
-    return SimSetup(builtin_tier_config(TIERS), policy, options=options)
+    # Round-robin across the shared deployment's replicas: the paper's cluster set-up.
+    return SimSetup(builtin_tier_config(TIERS), policy_config(policy, **options), routing="round-robin")
 
 
 def goodput_task(policy: str, options: dict, poisson: bool) -> tuple[float, int]:
@@ -83,27 +87,35 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        silo = {poisson: pool.submit(silo_task, poisson) for poisson in (True, False)}
-        goodputs = {(p, poisson): pool.submit(goodput_task, p, {}, poisson) for p in POLICIES for poisson in (False, True)}
-        ablation = {label: pool.submit(goodput_task, policy, options, True) for label, policy, options in ABLATION[1:4]}
+    # Left in any way (an error, Ctrl-C, SIGTERM), the Pool ends its workers at once (ProcessPoolExecutor would wait
+    # for their simulations); they ignore SIGINT, which Ctrl-C sends the whole process group.
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(args.jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    with sigterm_exits(), pool:
+
+        def submit(task, *arguments):
+            return pool.apply_async(task, arguments)
+
+        silo = {poisson: submit(silo_task, poisson) for poisson in (True, False)}
+        goodputs = {(p, poisson): submit(goodput_task, p, {}, poisson) for p in POLICIES for poisson in (False, True)}
+        ablation = {label: submit(goodput_task, policy, options, True) for label, policy, options in ABLATION[1:4]}
         overload = {
-            label: pool.submit(run_task, policy, options, f"{OVERLOAD_RATE}:{DURATION}", DURATION, True)
+            label: submit(run_task, policy, options, f"{OVERLOAD_RATE}:{DURATION}", DURATION, True)
             for label, policy, options in ABLATION
         }
         transient = {
-            (p, poisson): pool.submit(run_task, p, {}, TRANSIENT, TRANSIENT_SECONDS, poisson)
+            (p, poisson): submit(run_task, p, {}, TRANSIENT, TRANSIENT_SECONDS, poisson)
             for p in POLICIES
             for poisson in (True, False)
         }
-        alone = pool.submit(alone_task, TRANSIENT, TRANSIENT_SECONDS)
+        alone = submit(alone_task, TRANSIENT, TRANSIENT_SECONDS)
         lines = report(
-            alone.result(),
-            {k: f.result() for k, f in goodputs.items()},
-            {k: f.result() for k, f in ablation.items()},
-            {k: f.result() for k, f in overload.items()},
-            {k: f.result() for k, f in transient.items()},
-            {k: f.result() for k, f in silo.items()},
+            alone.get(),
+            {k: f.get() for k, f in goodputs.items()},
+            {k: f.get() for k, f in ablation.items()},
+            {k: f.get() for k, f in overload.items()},
+            {k: f.get() for k, f in transient.items()},
+            {k: f.get() for k, f in silo.items()},
         )
     print_and_save(lines, started, args.jobs, args.output)
 
@@ -144,7 +156,8 @@ def report(alone: float, goodputs: dict, ablation: dict, overload: dict, transie
         "",
         "## Ablation from EDF (Poisson arrivals)",
         "",
-        f"| configuration | goodput (req/s) | misses at {OVERLOAD_RATE:g} req/s | Q1 misses at {OVERLOAD_RATE:g} req/s |",
+        f"| configuration | goodput (req/s) | misses at {OVERLOAD_RATE:g} req/s "
+        f"| Q1 misses at {OVERLOAD_RATE:g} req/s |",
         "|---|---:|---:|---:|",
     ]
     for label, _, _ in ABLATION:
@@ -155,7 +168,8 @@ def report(alone: float, goodputs: dict, ablation: dict, overload: dict, transie
         else:
             rate = ablation[label][0]
         summary = overload[label]
-        lines.append(f"| {label} | {rate:.2f} | {_pct(summary['violation_pct'])} | {_pct(summary['tiers']['Q1']['violation_pct'])} |")
+        misses, q1_misses = _pct(summary["violation_pct"]), _pct(summary["tiers"]["Q1"]["violation_pct"])
+        lines.append(f"| {label} | {rate:.2f} | {misses} | {q1_misses} |")
     lines += [
         "",
         "Paper: +dynamic chunking +20%, +eager relegation +9%, +hybrid priority +1.4% goodput;",
@@ -169,7 +183,8 @@ def report(alone: float, goodputs: dict, ablation: dict, overload: dict, transie
     for (policy, poisson), summary in transient.items():
         per_tier = " | ".join(_pct(summary["tiers"][t]["violation_pct"]) for t in tiers)
         mode = "Poisson" if poisson else "trace"
-        lines.append(f"| {policy} | {mode} | {_pct(summary['violation_pct'])} | {per_tier} | {_pct(summary['tbt_violation_pct'])} |")
+        misses, tbt_misses = _pct(summary["violation_pct"]), _pct(summary["tbt_violation_pct"])
+        lines.append(f"| {policy} | {mode} | {misses} | {per_tier} | {tbt_misses} |")
     lines += [
         "",
         f"With trace arrivals, Q1's requests replayed *alone* on a Niyama replica miss {_pct(alone)}: the trace's",

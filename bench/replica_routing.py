@@ -19,18 +19,19 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from niyama.qos.capacity import replicas_needed
+from niyama.engine.capacity import replicas_needed
+from niyama.engine.report import summarize
+from niyama.engine.simulator import SimSetup, simulate
 from niyama.qos.config import builtin_tier_config
-from niyama.qos.report import summarize
-from niyama.qos.simulator import SimSetup, simulate
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase, build_workload
 
 from .report import print_and_save
+from .servers import sigterm_exits
 
 TRACE = "azure-code"
 TIERS = "paper"
@@ -63,7 +64,7 @@ class Results:
 
 
 def _setup(routing: str, replicas: int) -> SimSetup:
-    return SimSetup(builtin_tier_config(TIERS), "niyama", replicas=replicas, routing=routing)
+    return SimSetup(builtin_tier_config(TIERS), replicas=replicas, routing=routing)
 
 
 def _requests(rate: float, poisson: bool, duration: float):
@@ -83,23 +84,30 @@ def sizing_task(routing: str, rate: float, poisson: bool, duration: float) -> in
 
 
 def measure(plan: Plan, jobs: int) -> Results:
-    """Every simulation of ``plan``, ``jobs`` at a time in separate processes."""
+    """Every simulation of ``plan``, ``jobs`` at a time in separate processes.
+
+    A ``multiprocessing.Pool`` ends its workers when the block is left in any
+    way (an error, Ctrl-C, SIGTERM under ``sigterm_exits``), where
+    ``ProcessPoolExecutor`` would wait for their simulations; the workers
+    ignore SIGINT (Ctrl-C reaches the whole process group) and are ended by
+    this process.
+    """
     context = multiprocessing.get_context("spawn")  # no forked copies of a parent's threads (torch, Ray)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with context.Pool(jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         sizing = {
-            (mode, r): pool.submit(sizing_task, r, plan.sizing_loads[mode], POISSON[mode], plan.duration)
+            (mode, r): pool.apply_async(sizing_task, (r, plan.sizing_loads[mode], POISSON[mode], plan.duration))
             for mode in plan.sizing_loads
             for r in ROUTINGS
         }
         runs = {
-            (mode, rate, r): pool.submit(violations_task, r, plan.replicas, rate, POISSON[mode], plan.duration)
+            (mode, rate, r): pool.apply_async(violations_task, (r, plan.replicas, rate, POISSON[mode], plan.duration))
             for mode, rates in plan.loads.items()
             for rate in rates
             for r in ROUTINGS
         }
         return Results(
-            {k: f.result() for k, f in runs.items()},
-            {k: f.result() for k, f in sizing.items()},
+            {k: f.get() for k, f in runs.items()},
+            {k: f.get() for k, f in sizing.items()},
         )
 
 
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = Plan()
     started = time.perf_counter()
-    results = measure(plan, args.jobs)
+    with sigterm_exits():  # SIGTERM unwinds like Ctrl-C: the pool's workers are ended
+        results = measure(plan, args.jobs)
     lines = report(plan, results)
     print_and_save(lines, started, args.jobs, args.output)
     if args.json:

@@ -13,7 +13,11 @@ Conventions the docs follow (see docs/contributing.md):
   every ```python block, run against a shared default server.
 - ``<!-- docs-test: smoke N -->`` before a block: the command is long (a
   full evaluation, a device profile); it must still be running, without
-  error, after N seconds, and is then stopped.
+  error, after N seconds, and is then stopped: SIGTERM to its process group,
+  and it must end (with whatever it started) within a minute.
+- Nothing a block starts may outlive it: each runs with its own marker in
+  its environment, and a process still carrying it once the block has ended
+  is killed and fails the block.
 - ``make test`` and ``pytest ...`` lines are this suite itself and are not run again. ```text blocks are
   templates with placeholders (paths to your own model, other machines) and
   are not run.
@@ -27,13 +31,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 from support import free_port
+
+from niyama.bench.servers import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -42,6 +47,8 @@ FENCE = re.compile(r"(?:<!-- docs-test: smoke (\d+) -->\n)?```(sh|python)\n(.*?)
 SERVE = re.compile(r"^(make serve|(?:\S*/)?niyama serve)\b(.*)$", re.M)
 SELF = re.compile(r"^\s*(make test|(?:\S*/)?pytest)\b")  # the suite itself, or part of it
 STARTUP_TIMEOUT = 900  # a first start on a machine profiles the device
+STOP_GRACE = 60  # seconds a stopped smoke run has to end, with what it started
+BLOCK_MARKER = "NIYAMA_DOCS_BLOCK"  # in the environment of everything a block starts
 
 pytestmark = pytest.mark.slow
 
@@ -126,38 +133,54 @@ def environment() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def default_server(workdir, environment):
     """One `niyama serve` with defaults for every block that only calls a server."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "niyama.router.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=workdir, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        assert process.poll() is None, "the default server exited at start-up"
+    args = ["--log-level", "warning"]
+    with running_server(args, timeout=STARTUP_TIMEOUT, env=environment, cwd=workdir) as (process, url):
+        yield int(url.rsplit(":", 1)[1])
+    assert process.returncode == 0, f"the default server exited with {process.returncode} on SIGTERM"
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)  # the block's own group: started with a session of its own
+    except ProcessLookupError:
+        pass
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Its output and how it ended: "finished", "stopped" (SIGTERM after ``timeout`` s) or "killed".
+
+    A stopped block's group gets SIGTERM, so the command can stop what it
+    started; SIGKILL after ``STOP_GRACE`` s. Whatever is left in the group at
+    the end gets SIGKILL.
+    """
+    try:
+        how, output = "finished", process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        signal_group(process, signal.SIGTERM)
         try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    yield port
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
+            how, output = "stopped", process.communicate(timeout=STOP_GRACE)[0]
+        except subprocess.TimeoutExpired:
+            signal_group(process, signal.SIGKILL)
+            how, output = "killed", process.communicate()[0]
+    signal_group(process, signal.SIGKILL)
+    return output, how
 
 
-def run(block: Block, workdir: Path, env: dict[str, str], port: int) -> None:
+def run(block: Block, workdir: Path, env: dict[str, str], port: int, processes) -> None:
     if block.language == "python":
         argv = [sys.executable, "-c", block.code.replace("8080", str(port))]
     else:
         argv = ["bash", "-c", shell_script(block.code, port)]
-    process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+    marker = uuid.uuid4().hex
+    process = subprocess.Popen(argv, cwd=workdir, env={**env, BLOCK_MARKER: marker}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     try:
-        output, _ = process.communicate(timeout=block.smoke or STARTUP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        output, how = finish(process, block.smoke or STARTUP_TIMEOUT)
+    finally:
+        left = processes.end(processes.marked(BLOCK_MARKER, marker), grace=5.0)
+    assert how != "killed", f"{block.id} did not end within {STOP_GRACE} s of SIGTERM:\n{output}"
+    assert not left, f"{block.id} left processes running (killed now):\n" + "\n".join(left) + f"\n{output}"
+    if how == "stopped":
         assert block.smoke, f"{block.id} did not finish:\n{output}"
         return
     assert process.returncode == 0, f"{block.id} failed ({process.returncode}):\n{output}"
@@ -168,11 +191,11 @@ BLOCKS = blocks()
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_documented_block_runs(block: Block, workdir, environment, request):
+def test_documented_block_runs(block: Block, workdir, environment, request, processes):
     starts_server = block.language == "sh" and SERVE.search(block.code)
     needs_server = block.language == "python" or (not starts_server and "127.0.0.1:8080" in block.code)
     port = request.getfixturevalue("default_server") if needs_server else free_port()
-    run(block, workdir, environment, port)
+    run(block, workdir, environment, port, processes)
 
 
 def documented_routes() -> set[tuple[str, str]]:
