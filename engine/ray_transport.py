@@ -2,8 +2,8 @@
 
 `WorkerActor` hosts the same `worker.host.WorkerHost` a local worker process
 runs, wherever Ray places it (a GPU of any node, or a share of a host's
-cores); torch is imported inside the actor's process only, so the front
-process that imports this module does not load it. `RayTransport` is the
+cores); the worker package (and torch with it) is imported inside the
+actor's process only, never by importing this module. `RayTransport` is the
 engine's `Transport` to such an actor: an actor that died makes a call raise
 `WorkerLost`. Needs the `ray` extra (`pip install 'niyama[ray]'`).
 """

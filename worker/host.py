@@ -4,8 +4,8 @@
 `WorkerClient` (`info`, `latency_profile`, `step`), applying each step's
 registry changes and block-table deltas before the step itself. It is hosted
 two ways, one mechanism: `main` runs it in a child process of the server
-(``python -m niyama.worker.host FD``, a socket pair), and `ray_worker`
-runs it in a Ray actor. Exceptions cross the boundary as the engine's own
+(``python -m niyama.worker.host FD``, a socket pair), and
+`engine.ray_transport.WorkerActor` runs it in a Ray actor. Exceptions cross the boundary as the engine's own
 types (`engine.protocol`), so the server never imports torch to read them.
 """
 
