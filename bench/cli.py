@@ -9,6 +9,7 @@ BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
     "serve": ("niyama.bench.serve_cli", "tier-aware load against a TGI/OpenAI server: SLO attainment, goodput"),
     "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
+    "loop-lag": ("niyama.bench.loop_lag", "event-loop lag during long prefills, /health round trip, per-step IPC"),
     "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
 }

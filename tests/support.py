@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,6 @@ from niyama.qos.plan import Chunk, Plan, StepShape
 from niyama.worker.kv_cache import size_cache
 from niyama.worker.loading import LoadedModel
 from niyama.worker.runner import ModelRunner
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tiny_llama(dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):

@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import free_port
 
-from niyama.bench.servers import running_server
+from niyama.bench.servers import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
