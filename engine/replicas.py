@@ -239,7 +239,7 @@ class ReplicaSet:
         await asyncio.gather(*self._restarts, return_exceptions=True)
         for replica in self.replicas:
             await replica.engine.close()
-            replica.parts.stop()
+            await asyncio.to_thread(replica.parts.stop)
 
     # -- routing -----------------------------------------------------------------
 
@@ -288,7 +288,7 @@ class ReplicaSet:
 
     async def _replace(self, replica: Replica) -> None:
         await replica.engine.close()
-        replica.parts.stop()
+        await asyncio.to_thread(replica.parts.stop)
         delay = RESTART_DELAY_SECONDS
         while self.accepting:
             try:
