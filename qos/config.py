@@ -53,6 +53,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from .api_keys import ApiKeyPolicy, ApiKeys, key_digest
 from .durations import parse_duration
 from .errors import QosConfigError, UnknownTierError
+from .files import read_file
 from .tiers import KIND_FIELDS, SloTargets, Tier
 
 BUILTIN_CONFIGS = {"default": "default_tiers.toml", "paper": "paper_tiers.toml"}
@@ -96,12 +97,7 @@ class TierConfig:
 
 def load_tier_config(path: str | Path) -> TierConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QosConfigError(f"{path}: cannot read tier file: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise QosConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_file(path, "tier file", QosConfigError, tomllib.loads, (tomllib.TOMLDecodeError,), "TOML")
     return parse_tier_config(data, str(path))
 
 

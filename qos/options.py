@@ -41,6 +41,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .config import BUILTIN_CONFIGS, TierConfig, resolve_tier_config
 from .errors import QosConfigError
+from .files import read_file
 from .policy import KNOBS, NIYAMA_MECHANISMS, POLICIES, OptionError, PolicyConfig, option_error, policy_config
 from .policy import policy_overrides as _overrides
 from .predictor import REFERENCE_MODELS
@@ -222,12 +223,7 @@ def run_config(
 
 def read_run_file(path: str | Path) -> dict[str, object]:
     """A run file's values by dotted key (``policy.token_budget``), paths made relative to the working folder."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QosConfigError(f"{path}: cannot read run file: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise QosConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_file(Path(path), "run file", QosConfigError, tomllib.loads, (tomllib.TOMLDecodeError,), "TOML")
     values: dict[str, object] = {}
     for key, value in data.items():
         if key in ("policy", "cache"):

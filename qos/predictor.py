@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ProfileError
+from .files import read_file
 from .fitting import Sample, fit_piecewise
 from .plan import StepShape
 
@@ -52,7 +53,9 @@ REFERENCE_MODELS: dict[str, PiecewiseModel] = {
 
 
 class LatencyPredictor:
-    def __init__(self, model: PiecewiseModel, name: str, correction_weight: float = 0.05, error_window: int = 256) -> None:
+    def __init__(
+        self, model: PiecewiseModel, name: str, correction_weight: float = 0.05, error_window: int = 256
+    ) -> None:
         self.model = model
         self.name = name
         self.correction_weight = correction_weight
@@ -70,12 +73,7 @@ class LatencyPredictor:
     def from_profile(cls, path: str | Path) -> LatencyPredictor:
         """Fit the model to the samples of a ``niyama profile`` JSON file."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ProfileError(f"{path}: cannot read latency profile: {exc.strerror or exc}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProfileError(f"{path}: not valid JSON: {exc}") from None
+        data = read_file(path, "latency profile", ProfileError, json.loads, (json.JSONDecodeError,), "JSON")
         return cls.from_profile_data(data, str(path), path.stem, path.name)
 
     @classmethod
@@ -103,7 +101,9 @@ class LatencyPredictor:
         return max(MIN_SECONDS, raw * self._factors[index])
 
     def predict(self, shape: StepShape) -> float:
-        return self.predict_parts(shape.prefill_tokens, shape.decode_tokens, shape.decode_context, shape.prefill_context)
+        return self.predict_parts(
+            shape.prefill_tokens, shape.decode_tokens, shape.decode_context, shape.prefill_context
+        )
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         """Learn from one measured step: record the error, then nudge the segment's factor."""
@@ -137,7 +137,9 @@ def parse_samples(data: object, source: str) -> list[Sample]:
         for field in SAMPLE_FIELDS:
             value = raw.get(field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise ProfileError(f"{source}: samples[{index}]: field {field!r}: expected a non-negative number, got {value!r}")
+                raise ProfileError(
+                    f"{source}: samples[{index}]: field {field!r}: expected a non-negative number, got {value!r}"
+                )
             values.append(value)
         if values[-1] <= 0 or values[0] + values[1] <= 0:
             raise ProfileError(f"{source}: samples[{index}]: a sample needs tokens and a positive time")

@@ -19,6 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .errors import TraceError
+from .files import read_file
 
 BUILTIN_TRACES = {
     "azure-code": "azure_code_2023.csv",
@@ -59,13 +60,7 @@ def load_trace(spec: str) -> Trace:
     path = Path(spec)
     if path.suffix.lower() != ".csv" and not path.exists():
         raise TraceError(f"unknown trace {spec!r}: not a built-in ({', '.join(BUILTIN_TRACES)}) nor a CSV file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read trace: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{path}: not a UTF-8 text file") from None
-    return parse_trace(text, str(path))
+    return read_file(path, "trace", TraceError, lambda text: parse_trace(text, str(path)))
 
 
 @functools.cache
@@ -80,7 +75,7 @@ def parse_trace(text: str, source: str) -> Trace:
     if not header:
         raise TraceError(f"{source}: empty trace")
     header = [column.strip() for column in header]
-    for prompt_col, output_col, time_col in LAYOUTS:
+    for prompt_col, output_col, time_col in LAYOUTS:  # noqa: B007 - the matching layout is used below
         if prompt_col in header and output_col in header:
             break
     else:
@@ -131,4 +126,5 @@ def _timestamp(cell: str, source: str, line: int, column: str) -> float:
         days = datetime.date.fromisoformat(day).toordinal()
         return days * 86400.0 + int(hours) * 3600.0 + int(minutes) * 60.0 + float(seconds)
     except ValueError:
-        raise TraceError(f"{source}:{line}: {column}: expected seconds or 'YYYY-MM-DD HH:MM:SS', got {cell!r}") from None
+        expected = "expected seconds or 'YYYY-MM-DD HH:MM:SS'"
+        raise TraceError(f"{source}:{line}: {column}: {expected}, got {cell!r}") from None

@@ -48,7 +48,8 @@ def parse_mix(text: str, tiers: TierConfig) -> tuple[float, ...]:
     except ValueError:
         raise ValueError(f"mix must be comma-separated numbers, got {text!r}") from None
     if len(shares) != len(tiers.tiers):
-        raise ValueError(f"mix has {len(shares)} shares but the tier file has {len(tiers.tiers)} tiers ({', '.join(tiers.names)})")
+        names = ", ".join(tiers.names)
+        raise ValueError(f"mix has {len(shares)} shares but the tier file has {len(tiers.tiers)} tiers ({names})")
     if any(not share >= 0 for share in shares) or sum(shares) <= 0:
         raise ValueError(f"mix shares must be non-negative and not all zero, got {text!r}")
     total = sum(shares)
