@@ -1,9 +1,15 @@
-"""`niyama bench <name>`: each benchmark is a module with `main(argv) -> int`."""
+"""`niyama bench <name>`: each benchmark is a module with `main(argv) -> int`.
+
+Each runs with SIGTERM turned into a normal exit, so a benchmark that is
+stopped still stops every server and worker it started.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .servers import sigterm_exits
 
 BENCHMARKS = {
     "engine": ("niyama.bench.engine", "engine throughput vs model.generate and generate_batch (in-process)"),
@@ -22,4 +28,5 @@ def main(argv: list[str]) -> int:
         known = not argv or argv[0] in ("-h", "--help")
         print("\n".join(lines), file=sys.stdout if known else sys.stderr)
         return 0 if known else 2
-    return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]) or 0)
+    with sigterm_exits():
+        return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]) or 0)

@@ -114,6 +114,7 @@ class Metrics:
         )
         self.ttft = histogram("niyama_ttft_seconds", "Time to first token, per tier", LATENCY_BUCKETS, ("tier",))
         self.tbt = histogram("niyama_tbt_seconds", "Every gap between tokens, per tier", LATENCY_BUCKETS, ("tier",))
+        self._tbt_by_tier = {tier: self.tbt.labels(tier) for tier in tiers.names}  # observed once per token
         self.ttlt = histogram("niyama_ttlt_seconds", "Time to last token, per tier", LATENCY_BUCKETS, ("tier",))
         self.queue_depth = gauge("niyama_queue_depth", "Requests waiting for compute, per tier", ("tier",))
         self.running = gauge("niyama_running", "Requests prefilling or decoding, per tier", ("tier",))
@@ -142,7 +143,7 @@ class Metrics:
 
     def token_done(self, generation: GenerationHandle, gap: float | None) -> None:
         if gap is not None:
-            self.tbt.labels(generation.request.tier).observe(gap)
+            self._tbt_by_tier[generation.request.tier].observe(gap)
 
     def request_done(self, generation: GenerationHandle) -> None:
         tier = generation.request.tier
