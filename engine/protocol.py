@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from niyama.qos.plan import Plan, StepResult
+from niyama.qos.plan import Plan, StepResult, by_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,8 @@ class StepCall:
     request's table is its first ``keep`` blocks as the worker last had them,
     then ``new``; the plan itself goes with empty tables.
     """
+
+    __reduce__ = by_fields
 
     changes: tuple[Change, ...]
     tables: dict[str, tuple[int, tuple[int, ...]]]
