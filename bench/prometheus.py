@@ -8,13 +8,18 @@ One quirk of the parser is undone: for a counter declared without the
 ``_total`` suffix (TGI's ``tgi_request_count``, ``tgi_request_failure``...)
 it names the samples ``<name>_total``, a series the server never wrote; here
 they keep the name the server wrote.
+
+``histogram`` reads one histogram of an exposition: its cumulative buckets
+by upper bound ``le``, its sum and its count, over the label sets asked for.
 """
 
 from __future__ import annotations
 
 import re
 import urllib.request
+from collections import defaultdict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,7 +50,40 @@ def parse(text: str) -> dict[str, float]:
     return series
 
 
+def exposition(url: str, timeout: float = 30.0) -> str:
+    """``url``/metrics as text; raises ``OSError`` (``urllib.error.URLError``) when the server does not answer."""
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as answer:
+        return answer.read().decode()
+
+
 def scrape(url: str, timeout: float = 30.0) -> dict[str, float]:
     """``url``/metrics, parsed; raises ``OSError`` (``urllib.error.URLError``) when the server does not answer."""
-    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as answer:
-        return parse(answer.read().decode())
+    return parse(exposition(url, timeout))
+
+
+class HistogramSeries(NamedTuple):
+    buckets: dict[float, float]  # upper bound ``le`` -> cumulative count, in increasing ``le``
+    sum: float
+    count: float
+
+
+def histogram(text: str, name: str, **match: str) -> HistogramSeries | None:
+    """The histogram ``name`` of a text exposition, summed over its label sets that carry ``match``.
+
+    None when no bucket of ``name`` carries ``match``.
+    """
+    buckets: dict[float, float] = defaultdict(float)
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if any(sample.labels.get(key) != wanted for key, wanted in match.items()):
+                continue
+            if sample.name == name + "_bucket":
+                buckets[float(sample.labels["le"])] += sample.value
+            elif sample.name == name + "_sum":
+                total += sample.value
+            elif sample.name == name + "_count":
+                count += sample.value
+    return HistogramSeries(dict(sorted(buckets.items())), total, count) if buckets else None

@@ -54,7 +54,7 @@ def test_stop_without_start_and_twice_is_harmless() -> None:
 
 
 def test_bucket_quantiles_interpolate_like_histogram_quantile() -> None:
-    from niyama.bench.loop_lag import Histogram
+    from niyama.bench.loop_lag_runs import Histogram
 
     before = Histogram([(0.001, 10), (0.005, 10), (0.05, 10), (float("inf"), 10)], 0.005, 10)
     after = Histogram([(0.001, 100), (0.005, 190), (0.05, 200), (float("inf"), 200)], 0.5, 200)
@@ -73,7 +73,7 @@ def test_a_shim_folder_wins_over_the_editable_install(tmp_path) -> None:
     import subprocess
     import sys
 
-    from niyama.bench.loop_lag import make_shim
+    from niyama.bench.loop_lag_runs import make_shim
 
     tree = tmp_path / "tree"
     for name in ("router", "worker", "qos", "bench"):
