@@ -2,7 +2,7 @@
 
 import random
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from router_server import real_tokenizer
 
@@ -34,6 +34,8 @@ def test_multibyte_characters_split_over_tokens_are_emitted_whole():
 @given(st.lists(st.integers(3, 49151), min_size=1, max_size=40), st.lists(st.integers(3, 49151), max_size=8))
 def test_incremental_text_is_the_full_decode_for_any_ids(ids, prompt):
     tokenizer = real_tokenizer()
+    # A prompt is the encoding of a text, so it never ends inside a character whose bytes the output could finish.
+    assume(not tokenizer.decode(prompt).endswith("\ufffd"))
     texts, detokenizer = deltas(ids, prompt)
     assert "".join(texts) + detokenizer.flush() == tokenizer.decode(ids)
 
