@@ -1,23 +1,26 @@
 """Workers as Ray actors (`niyama serve --replicas N` / `--ray-address`): the same host, another transport.
 
-`WorkerActor` hosts the same `worker.host.WorkerHost` a local worker process
-runs, wherever Ray places it (a GPU of any node, or a share of a host's
-cores); the worker package (and torch with it) is imported inside the
-actor's process only, never by importing this module. `RayTransport` is the
-engine's `Transport` to such an actor: an actor that died makes a call raise
+`WorkerActor` starts the same worker process a local server starts
+(`process.WorkerProcess`: ``python -m niyama.worker.host``), wherever Ray
+places the actor (a GPU of any node, or a share of a host's cores, whose
+environment the process inherits), and passes each call on to it; so the
+engine never imports the worker, and a worker ends with its actor as it
+ends with a local server. `RayTransport` is the engine's `Transport` to such
+an actor: a dead actor, or a dead worker behind it, makes a call raise
 `WorkerLost`. Needs the `ray` extra (`pip install 'niyama[ray]'`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.exceptions import RayActorError
 
 from .launch import ReplicaRecipe
-from .protocol import WorkerConfig, WorkerLost, WorkerStartError
+from .process import WorkerProcess
+from .protocol import WorkerConfig, WorkerInfo, WorkerLost, WorkerStartError
 from .replicas import ReplicaParts
 
 
@@ -25,12 +28,18 @@ class WorkerActor:
     """Runs inside a Ray worker process (``ray.remote(WorkerActor)``)."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from niyama.worker.host import WorkerHost  # torch loads here, in the actor's own process
+        self.process, info = WorkerProcess.start(config)
+        self.loaded = replace(info, node=ray.util.get_node_ip_address())
 
-        self.host = WorkerHost.load(config, ray.util.get_node_ip_address())
+    def info(self) -> WorkerInfo:
+        return self.loaded
 
     def call(self, method: str, args: tuple) -> tuple[bool, object]:
-        return self.host.handle(method, args)
+        """(True, the call's value) or (False, the exception to raise in the engine), as the process answers."""
+        try:
+            return True, self.process.call(method, *args)
+        except Exception as error:  # noqa: BLE001 - the worker's own error, or WorkerLost: the engine decides
+            return False, error
 
 
 class RayTransport:
@@ -71,9 +80,7 @@ class RayWorkers:
         actor = ray.remote(WorkerActor).options(**options).remote(self.config)
         transport = RayTransport(actor)
         try:
-            ok, info = await actor.call.remote("info", ())
-            if not ok:
-                raise info
+            info = await actor.info.remote()
             return await asyncio.to_thread(self.recipe.parts, transport, info, f"{info.device_name} on {info.node}")
         except BaseException as error:  # a failed or cancelled start must not leave the actor holding its device
             ray.kill(actor)

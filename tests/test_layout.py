@@ -17,12 +17,15 @@ PACKAGES = ("engine", "router", "worker", "qos", "bench")
 # What each package may import from the project (the import direction of docs/architecture.md).
 ALLOWED = {
     "qos": {"qos"},
-    "engine": {"engine", "qos", "worker.host"},  # worker.host: only inside the Ray actor, in its own process
+    "engine": {"engine", "qos"},
     "worker": {"worker", "engine.protocol", "qos"},
     "router": {"router", "engine", "qos"},
     "bench": set(PACKAGES),
 }
 MAX_LINES = 400
+# Libraries a package must not import: qos and the engine run, and are tested, without a model library or a web stack.
+HEAVY = {"torch", "transformers", "starlette", "uvicorn"}
+FORBIDDEN = {"qos": HEAVY, "engine": HEAVY}
 
 
 def modules() -> dict[str, Path]:
@@ -67,6 +70,27 @@ def test_each_package_imports_only_what_it_may(package):
         if not any(target == allowed or target.startswith(allowed + ".") for allowed in ALLOWED[package])
     }
     assert not crossings
+
+
+def libraries(path: Path) -> set[str]:
+    """The top-level names of everything ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_qos_and_the_engine_import_no_model_library_or_web_stack(package):
+    assert not {
+        (name, library)
+        for name, path in modules().items()
+        if name.startswith(package + ".")
+        for library in libraries(path) & FORBIDDEN[package]
+    }
 
 
 def test_no_module_imports_itself_back():

@@ -3,9 +3,9 @@
 `WorkerHost` holds a `ModelRunner` and answers the calls of the engine's
 `WorkerClient` (`info`, `latency_profile`, `step`), applying each step's
 registry changes and block-table deltas before the step itself. It is hosted
-two ways, one mechanism: `main` runs it in a child process of the server
-(``python -m niyama.worker.host FD``, a socket pair), and
-`engine.ray_transport.WorkerActor` runs it in a Ray actor. Exceptions cross the boundary as the engine's own
+as a child process (``python -m niyama.worker.host FD``, a socket pair) of
+the server, or of the Ray actor that stands for it on another node
+(`engine.ray_transport.WorkerActor`): one process, one mechanism. Exceptions cross the boundary as the engine's own
 types (`engine.protocol`), so the server never imports torch to read them.
 """
 
@@ -45,13 +45,12 @@ CALLS = ("info", "latency_profile", "step")
 
 
 class WorkerHost:
-    def __init__(self, runner: ModelRunner, node: str = "127.0.0.1") -> None:
+    def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
-        self.node = node
         self.tables: dict[str, tuple[int, ...]] = {}
 
     @classmethod
-    def load(cls, config: WorkerConfig, node: str = "127.0.0.1") -> WorkerHost:
+    def load(cls, config: WorkerConfig) -> WorkerHost:
         if config.threads:
             torch.set_num_threads(config.threads)
         loaded = load_model(config.model_id, device=config.device, dtype=config.dtype, gpus=config.gpus)
@@ -59,7 +58,7 @@ class WorkerHost:
             loaded.model.config, loaded.dtype, loaded.device, block_size=config.block_size,
             kv_cache_tokens=config.kv_cache_tokens, layer_devices=loaded.layer_devices,
         )  # fmt: skip
-        return cls(ModelRunner(loaded, spec), node)
+        return cls(ModelRunner(loaded, spec))
 
     def info(self) -> WorkerInfo:
         loaded, spec = self.runner.loaded, self.runner.spec
@@ -75,7 +74,7 @@ class WorkerHost:
             max_context=loaded.max_context,
             vocab_size=self.runner.vocab_size,
             eos_token_ids=loaded.eos_token_ids,
-            node=self.node,
+            node="127.0.0.1",  # a Ray actor in front of it reports its node's address instead
             pid=os.getpid(),
         )
 
