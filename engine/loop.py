@@ -49,7 +49,6 @@ class AsyncEngine:
         self.clock = clock
         self.generations: dict[str, Generation] = {}
         self.lost: str | None = None  # why the worker was lost; the loop has stopped
-        self.step_in_flight_since: float | None = None
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="niyama-step")
         self._task: asyncio.Task | None = None
@@ -111,23 +110,19 @@ class AsyncEngine:
                 generation = self.generations.get(chunk.request_id)
                 if generation is not None and generation.admitted is None:
                     generation.admitted = now
-            self.step_in_flight_since = now
             try:
                 result = await loop.run_in_executor(self._executor, self.core.worker.execute, plan)
-            except WorkerLost as error:
-                self.lost = str(error)
-                log.error("worker lost: %s; failing the %d requests it held", error, len(self.generations))
-                self.listener.step_done(plan, None, self.clock() - now)
-                self.fail_all(f"the worker was lost: {error}")
-                self.listener.worker_lost(self)
-                return
             except Exception as error:  # noqa: BLE001 - one failed step must not stop the server
-                log.exception("step failed; failing the %d requests it was computing", len(plan.chunks))
                 self.listener.step_done(plan, None, self.clock() - now)
+                if isinstance(error, WorkerLost):
+                    self.lost = str(error)
+                    log.error("worker lost: %s; failing the %d requests it held", error, len(self.generations))
+                    self.fail_all(f"the worker was lost: {error}")
+                    self.listener.worker_lost(self)
+                    return
+                log.exception("step failed; failing the %d requests it was computing", len(plan.chunks))
                 self._dispatch(self.core.fail(plan, error))
                 continue
-            finally:
-                self.step_in_flight_since = None
             self.listener.step_done(plan, result, self.clock() - now)
             self._dispatch(self.core.complete(result))
 

@@ -32,7 +32,7 @@ def intake_state(
             f"request {request.id!r}: prompt length and max new tokens must be at least 1, "
             f"got {request.prompt_len} and {request.max_new_tokens}"
         )
-    targets = request.targets or tier.targets
+    targets = tier.targets if request.targets is None else request.targets
     total = request.prompt_len + request.max_new_tokens
     if blocks_for(total, allocator.block_size) > allocator.num_blocks:
         raise RequestTooLargeError(
