@@ -24,6 +24,10 @@ Run file (TOML; relative paths count from the file's folder)::
     kv_tokens = 400000               # omitted: serve sizes the cache from free memory
     block_size = 16
 
+    [truth]                          # the simulated or emulated device (serve: only with --emulate)
+    noise = 0.1                      # lognormal spread of each step's time around the latency model
+    bias = 1.25                      # the device is this many times slower than the model says
+
 Every problem is one line naming the flag (``--token-budget must be at least
 1, got 0``) or the file and field, raised as ``QosConfigError``.
 """
@@ -62,6 +66,8 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "latency_model": ("--latency-model", "--latency-profile"),
     "cache.kv_tokens": ("--kv-tokens", "--max-batch-total-tokens"),
     "cache.block_size": ("--block-size",),
+    "truth.noise": ("--truth-noise",),
+    "truth.bias": ("--truth-bias",),
     "policy.name": ("--policy",),
     **{f"policy.{knob}": ("--" + knob.replace("_", "-"),) for knob in KNOBS},
 }
@@ -94,12 +100,20 @@ class CacheConfig(_Table):
     block_size: int = Field(16, ge=1)
 
 
+class TruthConfig(_Table):
+    """How the simulated or emulated device departs from the latency model (`engine/truth.py`)."""
+
+    noise: float = Field(0.0, ge=0, allow_inf_nan=False)
+    bias: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
 class RunConfig(_Table):
     """The effective configuration of a run; frozen, and equal for equal runs."""
 
     tiers: str = "default"  # a built-in tier set or a path
     policy: Annotated[PolicyConfig, BeforeValidator(_preset)] = Field(default_factory=lambda: policy_config("niyama"))
     cache: CacheConfig = CacheConfig()
+    truth: TruthConfig = TruthConfig()
     routing: Literal["slack", "round-robin"] = "slack"
     latency_model: str | None = None  # a reference model or a profile; None: serve profiles the device
     replicas: int = Field(1, ge=1)
@@ -134,6 +148,8 @@ class RunConfig(_Table):
         lines += [f"{knob} = {_toml(value)}" for knob, value in _overrides(self.policy).items()]
         lines += ["", "[cache]"]
         lines += [f"{key} = {_toml(value)}" for key, value in self.cache.model_dump().items() if value is not None]
+        if self.truth != TruthConfig():
+            lines += ["", "[truth]"] + [f"{key} = {_toml(value)}" for key, value in self.truth.model_dump().items()]
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -149,6 +165,7 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "simulate") 
     run.add_argument("--config", dest="config_file", metavar="RUN.toml", help="a saved run; flags override it")
     run.add_argument("--save-config", metavar="PATH", help="write the effective run configuration (TOML) to PATH")
     builtin, references = "|".join(BUILTIN_CONFIGS), "|".join(REFERENCE_MODELS)
+    emulated = " (with --emulate)" if command == "serve" else ""
     helps = {
         "tiers": f"{builtin}|PATH.toml (default {own['tiers']!r})",
         "routing": "across replicas (default slack)",
@@ -156,9 +173,12 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "simulate") 
         "latency_model": f"{references}|PROFILE.json (default {own['latency_model'] or 'profile this device'})",
         "cache.kv_tokens": f"KV cache in tokens (default {own['cache.kv_tokens'] or 'sized from free memory'})",
         "cache.block_size": "KV block size in tokens (default 16)",
+        "truth.noise": f"lognormal spread of the device's step times around the latency model{emulated} (default 0)",
+        "truth.bias": f"the device is this many times slower than the latency model says{emulated} (default 1)",
     }
     for key, help_text in helps.items():
         kind = {"type": _scalar, "metavar": "N"} if key in ("replicas", "cache.kv_tokens", "cache.block_size") else {}
+        kind = {"type": _scalar, "metavar": "X"} if key.startswith("truth.") else kind
         choices = {"choices": ROUTING} if key == "routing" else {}
         metavar = {"metavar": "NAME|PATH"} if key in _PATHS else {}
         run.add_argument(*FLAGS[key], dest=_DEST[key], help=help_text, **kind, **choices, **metavar)
@@ -226,7 +246,7 @@ def read_run_file(path: str | Path) -> dict[str, object]:
     data = read_file(Path(path), "run file", QosConfigError, tomllib.loads, (tomllib.TOMLDecodeError,), "TOML")
     values: dict[str, object] = {}
     for key, value in data.items():
-        if key in ("policy", "cache"):
+        if key in ("policy", "cache", "truth"):
             if not isinstance(value, dict):
                 raise QosConfigError(f"{path}: field {key!r}: expected a [{key}] table")
             values.update((f"{key}.{name}", item) for name, item in value.items())
@@ -280,7 +300,7 @@ def _build(values: dict, origins: dict) -> RunConfig:
         raise QosConfigError(
             f"{_label('policy.name', origins)}unknown policy {name!r}; choose from {', '.join(POLICIES)}"
         )
-    tables: dict[str, dict] = {"policy": {}, "cache": {}, "": {}}
+    tables: dict[str, dict] = {"policy": {}, "cache": {}, "truth": {}, "": {}}
     for key, value in values.items():
         table, _, field = key.rpartition(".")
         tables[table][field] = value
@@ -294,7 +314,8 @@ def _build(values: dict, origins: dict) -> RunConfig:
             raise QosConfigError(f"{_label(key, origins)}{error.problem}") from None
 
     policy = checked("policy", lambda **knobs: policy_config(name, **knobs))
-    return checked("", lambda **plain: RunConfig(policy=policy, cache=checked("cache", CacheConfig), **plain))
+    cache, truth = checked("cache", CacheConfig), checked("truth", TruthConfig)
+    return checked("", lambda **plain: RunConfig(policy=policy, cache=cache, truth=truth, **plain))
 
 
 def _scalar(text: str) -> int | float | str:

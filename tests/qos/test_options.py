@@ -118,7 +118,7 @@ def test_flags_override_the_file(tmp_path):
 def test_effective_configuration_is_json():
     config = run_config(parse("serve", "--policy", "fcfs"), "serve", max_concurrent_requests=64)
     info = json.loads(json.dumps(config.as_dict()))
-    assert set(info) == {"tiers", "policy", "cache", "routing", "latency_model", "replicas"}
+    assert set(info) == {"tiers", "policy", "cache", "truth", "routing", "latency_model", "replicas"}
     assert set(info["policy"]) == {"name", *KNOBS} and info["policy"]["max_running"] == 64
     assert info["policy"]["chunk_sizes"] == list(CHUNK_SIZES) and info["cache"] == {"kv_tokens": None, "block_size": 16}
     assert config.policy_config() is config.policy
