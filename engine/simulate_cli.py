@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace)
     mix = parse_mix(args.mix, tiers) if args.mix else tuple(1 / len(tiers.tiers) for _ in tiers.tiers)
     LatencyPredictor.load(config.latency_model)  # fail fast on a bad profile, before any simulation
-    setup = SimSetup.from_config(config, tiers)
+    setup = SimSetup.from_config(config, tiers, args.seed)
     poisson = args.arrivals == "poisson" or trace.times is None
     rate = args.rate or (None if poisson else trace.native_rate)
     if args.goodput:

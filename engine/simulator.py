@@ -3,7 +3,11 @@
 Each replica is an `EngineCore` with a `VirtualWorker`, on one shared
 `VirtualClock`: a step starts with ``prepare`` and the worker's time for its
 shape, and ends with ``complete`` at that virtual time, exactly as the
-engine loop drives a real worker. A request is routed the moment it arrives
+engine loop drives a real worker. The worker's time is the device's truth
+(`engine/truth.py`: the latency model with the run's noise and bias, seeded
+per replica); each scheduler's predictor starts from the nominal model and
+corrects itself online from those times, so with noise or bias the
+scheduler plans on predictions that are wrong as they are on a real device. A request is routed the moment it arrives
 (``routing``: the front router's policy, the same code the server runs) and
 queued on the chosen replica, whatever that replica is doing; an idle replica
 starts a step at once. SLOs are counted with the same O(1) tracker the
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from niyama.qos.config import TierConfig
 from niyama.qos.errors import RequestTooLargeError
 from niyama.qos.kv_blocks import BlockAllocator
-from niyama.qos.options import RunConfig
+from niyama.qos.options import RunConfig, TruthConfig
 from niyama.qos.plan import Plan
 from niyama.qos.policy import PolicyConfig, policy_config
 from niyama.qos.predictor import LatencyPredictor
@@ -34,6 +38,7 @@ from niyama.qos.stats import SchedulerStats, combine_stats
 from .core import EngineCore
 from .protocol import SamplingParams
 from .request import GenerationRequest
+from .truth import TruthModel
 from .virtual import VirtualClock, VirtualWorker
 
 GREEDY = SamplingParams()
@@ -50,13 +55,15 @@ class SimSetup:
     block_size: int = 16
     replicas: int = 1
     routing: str = "slack"  # across replicas, as the server routes
+    truth: TruthConfig = field(default_factory=TruthConfig)  # how the device departs from the latency model
+    seed: int = 0  # of the truth's draws (each replica has its own stream)
 
     @classmethod
-    def from_config(cls, config: RunConfig, tiers: TierConfig | None = None) -> SimSetup:
+    def from_config(cls, config: RunConfig, tiers: TierConfig | None = None, seed: int = 0) -> SimSetup:
         """The simulated server of a run configuration (the one `niyama serve` takes)."""
         return cls(tiers or config.tier_config(), config.policy, config.latency_model or cls.latency_model,
                    config.cache.kv_tokens or cls.kv_tokens, config.cache.block_size, config.replicas,
-                   config.routing)  # fmt: skip
+                   config.routing, config.truth, seed)  # fmt: skip
 
 
 @dataclass
@@ -78,13 +85,17 @@ class SimResult:
     routed: tuple[int, ...] = ()  # requests each replica took
 
 
+TRUTH_SEEDS_PER_RUN = 1000  # replica r of a run with seed s draws its step times from seed s * 1000 + r
+
+
 def make_cores(setup: SimSetup, clock: VirtualClock) -> list[EngineCore]:
-    truth = VirtualWorker(LatencyPredictor.load(setup.latency_model).predict_parts)
+    """One engine core per replica: a worker on the device's truth, a scheduler on the nominal model."""
     cores = []
-    for _ in range(setup.replicas):
+    for replica in range(setup.replicas):
+        truth = TruthModel.of(setup.latency_model, setup.truth, setup.seed * TRUTH_SEEDS_PER_RUN + replica)
         allocator = BlockAllocator(max(1, setup.kv_tokens // setup.block_size), setup.block_size)
         scheduler = Scheduler(setup.policy, setup.tiers, allocator, LatencyPredictor.load(setup.latency_model))
-        cores.append(EngineCore(scheduler, truth, frozenset(), clock))
+        cores.append(EngineCore(scheduler, VirtualWorker(truth), frozenset(), clock))
     return cores
 
 

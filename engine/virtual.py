@@ -2,10 +2,11 @@
 
 The simulator runs the engine core with this worker on a virtual clock. It
 returns one token for every chunk that samples, exactly as a real worker
-would (ids taken in turn from ``tokens``), and the step's time from the
-"truth" latency model, a separate instance from the scheduler's predictor, so
-the predictor's online correction is exercised honestly. With a step time of
-zero it is the null worker of the router benchmark.
+would (ids taken in turn from ``tokens``), and the step's time from
+``step_time``: in the simulator the device's truth (`engine/truth.py`), a
+separate instance from the scheduler's predictor, so the predictor's online
+correction is exercised honestly. With a step time of zero it is the null
+worker of the router benchmark.
 """
 
 from __future__ import annotations
