@@ -1,10 +1,11 @@
 """What to send and when: arrivals, each with a tier and the trace's lengths, scaled to fit.
 
 A bench request carries token counts only; the prompt text is made later
-(``prompt_text``), when the target server's tokenizer is at hand. Tiers are
-drawn in ``mix`` shares exactly as ``niyama.qos.workload`` draws them, so
-with the same seed and no length scaling the bench sends the requests that
-``niyama simulate`` replays.
+(``prompt_text``), when the target server's tokenizer is at hand. Arrivals,
+lengths and tiers are the simulator's own draw
+(``niyama.qos.workload.draw_requests``), so with the same seed and no length
+scaling the bench sends the requests that ``niyama simulate`` replays, and
+``sim_requests`` turns a bench run's requests back into the simulator's.
 
 Length scaling exists because real traces are sized for GPUs: Azure's
 conversation trace has 1155-token prompts on average, which a CPU prefills
@@ -18,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from niyama.qos.arrivals import ArrivalProcess
 from niyama.qos.config import TierConfig
+from niyama.qos.request import Request
 from niyama.qos.traces import Trace
-from niyama.qos.workload import tier_draws
-
-from .arrivals import ArrivalProcess, arrivals
+from niyama.qos.workload import draw_requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +88,17 @@ def build_requests(
     scaling: LengthScaling,
     max_requests: int | None = None,
 ) -> list[BenchRequest]:
-    """The requests of one run, in arrival order."""
-    times = arrivals(process, duration, seed, len(trace), trace.times, max_requests)
-    next_tier = tier_draws(tiers, mix, seed)
-    names = [next_tier() for _ in times]
-    requests = []
-    for index, (arrival, tier) in enumerate(zip(times, names)):
-        prompt, output = scaling.apply(trace.prompt_lens[arrival.row], trace.output_lens[arrival.row])
-        requests.append(BenchRequest(index, tier, arrival.time, prompt, output))
-    return requests
+    """The requests of one run, in arrival order: the simulator's (same seed), lengths scaled."""
+    drawn = draw_requests(trace, tiers, mix, process, duration, seed, max_requests)
+    return [
+        BenchRequest(index, r.tier, r.arrival, *scaling.apply(r.prompt_len, r.max_new_tokens))
+        for index, r in enumerate(drawn)
+    ]
+
+
+def sim_requests(requests: Sequence[BenchRequest]) -> list[Request]:
+    """The simulator's view of bench requests (``r{index}``, tier, arrival, lengths): to replay what a run sent."""
+    return [Request(f"r{r.index}", r.tier, r.arrival, r.prompt_tokens, r.output_tokens) for r in requests]
 
 
 def merge(*streams: Sequence[BenchRequest]) -> list[BenchRequest]:

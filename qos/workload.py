@@ -1,29 +1,24 @@
-"""Turning a trace into timed requests: rates, rate schedules, tier mix.
+"""Turning a trace into timed requests for the simulator: rates, rate schedules, tier mix.
 
 Traces with timestamps keep their own burstiness by default: the recorded
 gaps are scaled so that the mean rate becomes the rate asked for (and the
 trace repeats if the run outlasts it). Traces without timestamps, or any
 trace when Poisson arrivals are asked for, get Poisson arrivals and lengths
 drawn at random from the trace. Requests go to tiers at random in the
-``mix`` shares. Everything is drawn from RNGs seeded by ``seed``, so a seed
-fixes the workload exactly.
+``mix`` shares. The draws are ``qos.arrivals``' (the bench's too), from RNGs
+seeded by ``seed``, so a seed fixes the workload exactly.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+from .arrivals import ArrivalProcess, RatePhase, arrivals, rate_at, tier_draws
 from .config import TierConfig
 from .request import Request
 from .traces import Trace
 
-
-@dataclass(frozen=True, slots=True)
-class RatePhase:
-    rate: float  # requests per second
-    seconds: float
+__all__ = ["RatePhase", "build_workload", "draw_requests", "parse_mix", "parse_rate_schedule", "rate_at"]
 
 
 def parse_rate_schedule(text: str) -> tuple[RatePhase, ...]:
@@ -56,29 +51,26 @@ def parse_mix(text: str, tiers: TierConfig) -> tuple[float, ...]:
     return tuple(share / total for share in shares)
 
 
-def rate_at(phases: Sequence[RatePhase], time: float) -> float:
-    cycle = sum(phase.seconds for phase in phases)
-    offset = time % cycle
-    for phase in phases:
-        if offset < phase.seconds:
-            return phase.rate
-        offset -= phase.seconds
-    return phases[-1].rate
+def draw_requests(
+    trace: Trace,
+    tiers: TierConfig,
+    mix: Sequence[float],
+    process: ArrivalProcess,
+    duration: float,
+    seed: int,
+    max_requests: int | None = None,
+) -> list[Request]:
+    """Requests arriving in ``[0, duration)`` by ``process``, sorted by arrival, with the trace's lengths.
 
-
-def tier_draws(tiers: TierConfig, mix: Sequence[float], seed: int) -> Callable[[], str]:
-    """Each call: the next request's tier, drawn in ``mix`` shares (file order) from the seed's own stream."""
-    rng = random.Random(f"{seed}:tiers")
-    cumulative = [sum(mix[: i + 1]) for i in range(len(mix))]
-    last = max(i for i, share in enumerate(mix) if share > 0)
-    cumulative[last] = 2.0  # rounding must never leave a draw unassigned
-    names = tiers.names
-
-    def draw() -> str:
-        value = rng.random()
-        return next((names[i] for i, edge in enumerate(cumulative) if value < edge), names[-1])
-
-    return draw
+    Request ``i`` is named ``r{i}``; `niyama bench serve` sends the same
+    requests (``bench.workload.build_requests``) from the same call.
+    """
+    times = arrivals(process, duration, seed, len(trace), trace.times, max_requests)
+    next_tier = tier_draws(tiers, mix, seed)
+    return [
+        Request(f"r{index}", next_tier(), arrival.time, trace.prompt_lens[arrival.row], trace.output_lens[arrival.row])
+        for index, arrival in enumerate(times)
+    ]
 
 
 def build_workload(
@@ -90,31 +82,10 @@ def build_workload(
     seed: int,
     poisson: bool = False,
 ) -> list[Request]:
-    """Requests arriving in ``[0, duration)``, sorted by arrival.
+    """The simulator's default arrivals: a timed trace's own, or Poisson (``poisson``, or a trace without times).
 
     ``poisson`` ignores the trace's timestamps (the paper's setup: Poisson
     arrivals, lengths drawn from the trace).
     """
-    arrivals_rng = random.Random(f"{seed}:arrivals")
-    lengths_rng = random.Random(f"{seed}:lengths")
-    next_tier = tier_draws(tiers, mix, seed)
-    native = None if poisson else trace.native_rate
-    times = trace.times
-    mean_gap = 1.0 / native if native else 0.0
-    requests: list[Request] = []
-    now = 0.0
-    index = 0
-    while True:
-        if native is None:
-            now += arrivals_rng.expovariate(rate_at(phases, now))
-            row = lengths_rng.randrange(len(trace))
-        elif index > 0:
-            row = index % len(trace)
-            gap = times[row] - times[row - 1] if row > 0 else mean_gap
-            now += gap * native / rate_at(phases, now)
-        else:
-            row = 0
-        if now >= duration:
-            return requests
-        requests.append(Request(f"r{index}", next_tier(), now, trace.prompt_lens[row], trace.output_lens[row]))
-        index += 1
+    kind = "poisson" if poisson or trace.native_rate is None else "trace"
+    return draw_requests(trace, tiers, mix, ArrivalProcess(kind, tuple(phases)), duration, seed)

@@ -10,7 +10,7 @@ from bench_fake import whitespace_spans
 
 from niyama.bench.arrivals import ArrivalProcess, arrivals
 from niyama.bench.prompt_text import PromptBuilder
-from niyama.bench.workload import BenchRequest, LengthScaling, build_requests, merge, parse_scaling
+from niyama.bench.workload import BenchRequest, LengthScaling, build_requests, merge, parse_scaling, sim_requests
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.traces import Trace, load_trace
 from niyama.qos.workload import RatePhase, build_workload
@@ -22,24 +22,26 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip([0.0, *times], times)]
 
 
-def test_poisson_workload_is_exactly_the_simulators():
-    trace = load_trace("azure-conv")
-    phases = (RatePhase(2.0, 300.0),)
-    ours = build_requests(trace, TIERS, (0.5, 0.5), ArrivalProcess("poisson", phases), 300.0, 7, LengthScaling())
-    theirs = build_workload(trace, TIERS, (0.5, 0.5), phases, 300.0, 7, poisson=True)
-    assert len(ours) == len(theirs) > 500
-    for mine, sim in zip(ours, theirs):
-        assert (mine.arrival, mine.tier, mine.prompt_tokens, mine.output_tokens) == pytest.approx(
-            (sim.arrival, sim.tier, sim.prompt_len, sim.max_new_tokens)
-        )
+@pytest.mark.parametrize(
+    ("arrivals", "rate", "seed"),
+    [("poisson", 2.0, 7), ("trace", None, 1)],  # `--arrivals poisson --rate 2 --seed 7`; a timed trace's own rate
+)
+def test_bench_sends_exactly_what_the_simulator_replays(arrivals, rate, seed):
+    """`niyama bench serve` and `niyama simulate` with the same trace, tiers, mix, rate, duration and seed."""
+    trace, paper = load_trace("azure-code"), builtin_tier_config("paper")
+    phases = (RatePhase(rate or trace.native_rate, 300.0),)
+    mix = (0.5, 0.3, 0.2)
+    bench = build_requests(trace, paper, mix, ArrivalProcess(arrivals, phases), 300.0, seed, LengthScaling())
+    simulated = build_workload(trace, paper, mix, phases, 300.0, seed, poisson=arrivals == "poisson")
+    assert len(simulated) > 300 and {r.tier for r in simulated} == set(paper.names)
+    assert sim_requests(bench) == simulated  # id, tier, arrival time, prompt and output length, request by request
+    assert [r.arrival for r in bench] == [r.arrival for r in simulated]
 
 
-def test_trace_arrivals_are_the_simulators_and_keep_their_rows():
+def test_trace_arrivals_keep_their_rows():
     trace = load_trace("azure-conv")
     phases = (RatePhase(1.0, 120.0),)
     ours = build_requests(trace, TIERS, (0.3, 0.7), ArrivalProcess("trace", phases), 120.0, 1, LengthScaling())
-    theirs = build_workload(trace, TIERS, (0.3, 0.7), phases, 120.0, 1)
-    assert [(r.arrival, r.tier, r.prompt_tokens) for r in ours] == [(r.arrival, r.tier, r.prompt_len) for r in theirs]
     assert [r.prompt_tokens for r in ours[:3]] == list(trace.prompt_lens[:3])
 
 
