@@ -18,6 +18,7 @@ BENCHMARKS = {
     "loop-lag": ("niyama.bench.loop_lag", "event-loop lag during long prefills, /health round trip, per-step IPC"),
     "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
+    "qos-truth": ("niyama.bench.qos_truth", "simulated goodput of niyama, edf, fcfs under prediction error (truth)"),
 }
 
 
