@@ -1,12 +1,13 @@
 """A worker in a child process of this one, reached over a socket pair: the local transport.
 
-`WorkerProcess.start` runs ``python -m niyama.worker.host`` with one end of
-a socket pair, sends it the `WorkerConfig`, and waits until the model is
-loaded. Each call is one pickled message each way
-(`multiprocessing.connection`). The child ends with its parent however the
-parent ends: on `stop`, on the socket's end-of-file (its parent exited or was
-killed), or when its parent process changes (checked twice a second even
-mid-step), so no worker outlives its server.
+`WorkerProcess.start` runs ``python -m niyama.worker.host`` (or, for an
+emulated device, ``niyama.worker.emulated``) with one end of a socket pair,
+sends it the `WorkerConfig`, and waits until the model is loaded. Each call
+is one pickled message each way (`multiprocessing.connection`). The child
+ends with its parent however the parent ends: on `stop`, on the socket's
+end-of-file (its parent exited or was killed), or when its parent process
+changes (checked twice a second even mid-step), so no worker outlives its
+server.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ STOP_SECONDS = 10.0  # a stopped worker that has not exited by then is killed
 class WorkerProcess:
     def __init__(self, config: WorkerConfig) -> None:
         ours, theirs = socket.socketpair()
+        module = "niyama.worker.emulated" if config.emulation is not None else "niyama.worker.host"
         env = {**os.environ, "NIYAMA_WORKER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "niyama.worker.host", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env
+            [sys.executable, "-m", module, str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env
         )
         theirs.close()
         self.pid = self.process.pid

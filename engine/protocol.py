@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from niyama.qos.options import TruthConfig
 from niyama.qos.plan import Plan, StepResult, by_fields
+
+from .truth import TruthModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,32 @@ class SamplingParams:
 
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # `--dtype` besides "auto"
+# An emulated device's KV cache unless --kv-tokens says: an A100-80GB serving Llama-3-8B in bf16 (docs/serving.md).
+EMULATED_KV_TOKENS = 400_000
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """An emulated device (`niyama serve --emulate`): a worker with no model, whose steps take the truth's time.
+
+    The worker process builds its step time from this (`truth`), so the
+    device's behaviour is decided by the server's flags and travels as data.
+    """
+
+    latency_model: str  # a reference model or a `niyama profile` JSON: the device's nominal step time
+    truth: TruthConfig = TruthConfig()  # how the device departs from it (--truth-noise, --truth-bias)
+    outputs: str = "azure-conv"  # the trace whose output lengths requests without ignore_eos follow
+    seed: int = 0  # of the step-time noise and of the output-length draws
+
+    def truth_model(self) -> TruthModel:
+        return TruthModel.of(self.latency_model, self.truth, self.seed)
+
+    def describe(self, device: str, kv_tokens: int) -> dict[str, object]:
+        """/info's ``emulated`` object."""
+        return {
+            "device": device, "latency_model": self.latency_model, "truth": self.truth.model_dump(),
+            "kv_tokens": kv_tokens, "outputs": self.outputs, "seed": self.seed,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +90,7 @@ class WorkerConfig:
     block_size: int = 16  # tokens per KV block
     threads: int | None = None  # torch CPU threads (replicas on one host split its cores)
     gpus: int = 1  # more than 1: the model is spread over that many GPUs of the host
+    emulation: Emulation | None = None  # set: no model is loaded, `model_id` only names the tokenizer
 
 
 @dataclass(frozen=True)
@@ -70,7 +100,7 @@ class WorkerInfo:
     model_id: str
     checkpoint: str
     path: str
-    device: str  # torch device type: "cuda" or "cpu" (the x-compute-type header)
+    device: str  # torch device type: "cuda" or "cpu", or "emulated" (the x-compute-type header)
     device_name: str
     dtype: str
     num_blocks: int

@@ -81,14 +81,18 @@ def create_app(
     *,
     shutdown_grace_seconds: float = 30.0,
     run_config: dict | None = None,
+    emulated: dict | None = None,
 ) -> Starlette:
-    """The app around ``engine``, which it starts, observes (its metrics) and stops."""
+    """The app around ``engine``, which it starts, observes (its metrics) and stops.
+
+    ``emulated``: the emulated device it serves on (`niyama serve --emulate`), as /info reports it.
+    """
     metrics = Metrics(tiers, settings.max_input_tokens, settings.max_total_tokens)
     engine.observer = metrics
     metrics.registry.register(ReplicaCollector(engine))
     lag = LoopLagProbe(metrics.registry)
     inference = Inference(engine, tokenizer, settings, metrics)
-    state = ServerState(settings, tokenizer, tiers, engine, metrics, inference, run_config)
+    state = ServerState(settings, tokenizer, tiers, engine, metrics, inference, run_config, emulated)
     draining: list[asyncio.Task] = []
 
     def begin_shutdown() -> None:

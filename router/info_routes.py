@@ -45,12 +45,14 @@ async def ready(request: Request) -> Response:
 
 
 async def info(request: Request) -> Response:
-    """TGI's fields, then Niyama's: the replicas (where each worker runs) and the configuration it serves with."""
+    """TGI's fields, then Niyama's: the replicas (where each worker runs), the configuration it serves with, and
+    the emulated device (null on a real one)."""
     state = server(request)
     body = state.settings.info()
     body.update(state.engine.describe())
     if state.run_config is not None:
         body["niyama_config"] = state.run_config
+    body["emulated"] = state.emulated
     return json_response(body)
 
 

@@ -1,12 +1,13 @@
 """`niyama serve --replicas N` / `--ray-address`: the workers as Ray actors, placed across a cluster.
 
 This process keeps the HTTP server, the tokenizer, and every replica's
-scheduler and engine loop; each replica's worker (the same `WorkerHost` a
-local worker process runs) lives in a Ray actor. Ray places the actors with
-the resources `ray_placement.place` asks for: GPUs per replica where the
-cluster has GPUs, else an equal share of the CPU cores (torch threads set to
-match). With no `--ray-address` a local Ray cluster is started; with one, the
-replicas go wherever that cluster has room, on any node.
+scheduler and engine loop; each replica's worker (the same worker process a
+local server runs) lives in a Ray actor. Ray places the actors with the
+resources `ray_placement.place` asks for: GPUs per replica where the cluster
+has GPUs, else an equal share of the CPU cores (torch threads set to match);
+emulated devices (`--emulate`) always take a share of the cores. With no
+`--ray-address` a local Ray cluster is started; with one, the replicas go
+wherever that cluster has room, on any node.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def ray_workers(args: argparse.Namespace, replicas: int, config: WorkerConfig, r
     """Where ``replicas`` replicas fit on the cluster (ValueError when they do not)."""
     connect(args.ray_address)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    if config.emulation is not None:  # an emulated device needs no GPU: its replicas share the cores
+        nodes = [{name: amount for name, amount in node.items() if name != "GPU"} for node in nodes]
     placement = place(replicas, nodes, args.gpus_per_replica)
     log.info("starting %d replicas on Ray (%s)", replicas, placement.describe())
     config = dataclasses.replace(config, threads=placement.threads, gpus=int(placement.num_gpus) or 1)

@@ -5,7 +5,10 @@ ones), the workers (each in its own process: a child process of this one, or
 with `--replicas N` / `--ray-address` Ray actors placed by
 `replica_serve.py`), each replica's latency predictor (`--latency-profile`,
 else the worker's cached start-up profile of its model and device) and
-scheduler, the tokenizer, then uvicorn. This process never runs a forward
+scheduler, the tokenizer, then uvicorn. With `--emulate` the worker is an
+emulated device (`worker/emulated.py`): no model, each step sleeps the time
+the latency model (times `--truth-bias` and `--truth-noise`) gives it, and
+tokens are filler text of the served tokenizer. This process never runs a forward
 pass: its event loop only plans steps, streams tokens and answers HTTP, so
 /health and streaming stay responsive during long steps, and a worker that
 dies is replaced while the server stays up. SIGTERM or SIGINT stops taking
@@ -29,12 +32,13 @@ from collections.abc import Iterator
 import uvicorn
 
 from niyama.engine.launch import LocalWorkers, ReplicaRecipe, launch_all
-from niyama.engine.protocol import DTYPES, WorkerConfig, WorkerStartError
+from niyama.engine.protocol import DTYPES, Emulation, WorkerConfig, WorkerStartError
 from niyama.engine.replicas import ReplicaParts, ReplicaSet
-from niyama.qos.errors import ProfileError, QosConfigError
-from niyama.qos.options import RunConfig, add_run_options, run_config
+from niyama.qos.errors import ProfileError, QosConfigError, TraceError
+from niyama.qos.options import RunConfig, TruthConfig, add_run_options, run_config
 from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.routing import make_routing
+from niyama.qos.traces import BUILTIN_TRACES, load_trace
 
 from .app import create_app
 from .limits import server_options
@@ -68,6 +72,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default with --replicas: a local one)")
     p.add_argument("--gpus-per-replica", type=int, default=1, help="spread one replica over this many GPUs of a host")
+    emulate = p.add_argument_group("emulated device (docs/serving.md): the real server, a worker with no model")
+    emulate.add_argument("--emulate", metavar="NAME|PROFILE.json", help="emulate this device: a reference latency "
+                         "model (a100-llama3-8b) or a `niyama profile` JSON; each step sleeps its time, tokens are "
+                         "filler text; KV cache 400000 tokens unless --kv-tokens")
+    emulate.add_argument("--emulate-outputs", metavar="TRACE", help="requests without ignore_eos end at an output "
+                         f"length drawn from this trace ({'|'.join(BUILTIN_TRACES)}|PATH.csv; default azure-conv)")
+    emulate.add_argument("--emulate-seed", type=int, metavar="N",
+                         help="seed of the step-time noise and the output-length draws (default 0)")
     add_run_options(p, command="serve")
     return p  # fmt: skip
 
@@ -111,12 +123,15 @@ def main(argv: list[str]) -> int:
     try:
         config = run_config(args, command="serve", max_concurrent_requests=args.max_concurrent_requests)
         tiers = config.tier_config()
-        if config.latency_model is not None:
-            LatencyPredictor.load(config.latency_model)  # fail fast, before any worker starts
-        recipe = ReplicaRecipe(tiers, config.policy, config.latency_model, args.inject_step_failures, args.inject_seed)
-        workers = worker_launcher(args, config, recipe)
+        emulation = emulation_of(args, config)
+        # The predictor starts from the nominal model: the one given, else the emulated device's own.
+        latency_model = config.latency_model or (emulation and emulation.latency_model)
+        if latency_model is not None:
+            LatencyPredictor.load(latency_model)  # fail fast, before any worker starts
+        recipe = ReplicaRecipe(tiers, config.policy, latency_model, args.inject_step_failures, args.inject_seed)
+        workers = worker_launcher(args, config, recipe, emulation)
         parts = asyncio.run(launch_all(workers.launch, config.replicas))
-    except (QosConfigError, ProfileError, WorkerStartError, ValueError) as error:
+    except (QosConfigError, ProfileError, TraceError, WorkerStartError, ValueError) as error:
         print(f"niyama serve: {error}", file=sys.stderr)
         return 2
     infos = [p.info for p in parts]
@@ -133,10 +148,16 @@ def main(argv: list[str]) -> int:
     if args.inject_step_failures:
         log.warning("fault injection: %.1f%% of steps will fail on purpose", 100 * args.inject_step_failures)
     engine = ReplicaSet(parts, workers.launch, make_routing(config.routing))
+    emulated = emulation and emulation.describe(infos[0].device_name, min(i.capacity_tokens for i in infos))
     app = create_app(
-        engine, tokenizer, tiers, settings, shutdown_grace_seconds=args.grace_period, run_config=config.as_dict()
-    )
+        engine, tokenizer, tiers, settings, shutdown_grace_seconds=args.grace_period, run_config=config.as_dict(),
+        emulated=emulated,
+    )  # fmt: skip
     lines = [f"model: {infos[0].model_id} ({infos[0].dtype}, {infos[0].path})"]
+    if emulation is not None:
+        lines.insert(0, f"EMULATED device {emulation.latency_model}: no model runs; each step sleeps its latency "
+                        f"model's time (truth noise {emulation.truth.noise}, bias {emulation.truth.bias}); outputs "
+                        f"end at lengths drawn from {emulation.outputs} (seed {emulation.seed})")  # fmt: skip
     lines += [
         f"replica {i}: {p.where}; KV cache {p.info.capacity_tokens} tokens ({p.info.num_blocks} blocks of "
         f"{p.info.block_size}); latency model: {p.scheduler.predictor.name}"
@@ -148,11 +169,28 @@ def main(argv: list[str]) -> int:
     return run_app(app, args, settings, started, tuple(lines))
 
 
-def worker_launcher(args: argparse.Namespace, config: RunConfig, recipe: ReplicaRecipe):
+def emulation_of(args: argparse.Namespace, config: RunConfig) -> Emulation | None:
+    """The emulated device `--emulate` asks for; its options without it are refused (QosConfigError)."""
+    if args.emulate is None:
+        extras = {"--emulate-outputs": args.emulate_outputs, "--emulate-seed": args.emulate_seed,
+                  "--truth-noise/--truth-bias": None if config.truth == TruthConfig() else config.truth}
+        given = [flag for flag, value in extras.items() if value is not None]
+        if given:
+            raise QosConfigError(f"{', '.join(given)}: only for an emulated device; give --emulate NAME|PROFILE.json")
+        return None
+    emulation = Emulation(args.emulate, config.truth, args.emulate_outputs or "azure-conv", args.emulate_seed or 0)
+    emulation.truth_model()  # fail fast on a bad name or profile...
+    load_trace(emulation.outputs)  # ...or trace
+    return emulation
+
+
+def worker_launcher(
+    args: argparse.Namespace, config: RunConfig, recipe: ReplicaRecipe, emulation: Emulation | None = None
+):
     """Child processes of this one, or Ray actors with `--replicas N` / `--ray-address`."""
     worker = WorkerConfig(
         args.model_id, args.device, args.dtype, config.cache.kv_tokens, config.cache.block_size, None,
-        args.gpus_per_replica,
+        args.gpus_per_replica, emulation,
     )  # fmt: skip
     if config.replicas > 1 or args.ray_address:
         from .replica_serve import ray_workers  # imports ray, which only this mode needs

