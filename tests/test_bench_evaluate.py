@@ -36,7 +36,7 @@ def run(label: str, rate: float, ok: bool, ttfts: list[float]) -> dict:
     records = [{"tier": "interactive", "error": None, "token_s": [t, t + 0.1, t + 0.3]} for t in ttfts]
     records.append({"tier": "batch", "error": None, "token_s": [1.0, 5.0]})
     tier = {"targets": {"ttft": 2.0, "tbt": 0.2}, "requests": len(ttfts), "completed": len(ttfts), "misses": 0,
-            "attainment_pct": 100.0, "tbt_violation_pct": 0.0, "errors": {}, "output_length_ratio": 1.0,
+            "failed": 0, "attainment_pct": 100.0, "tbt_violation_pct": 0.0, "errors": {}, "output_length_ratio": 1.0,
             **{k: {"p50": 0.1, "p99": max(ttfts)} for k in ("ttft", "tbt", "ttlt")}}  # fmt: skip
     batch = {**tier, "targets": {"ttlt": 3600.0}, "requests": 1, "completed": 1}
     summary = {"tiers": {"interactive": tier, "batch": batch}, "requests": len(ttfts) + 1, "completed": len(ttfts) + 1,
