@@ -1,12 +1,14 @@
 """From client-side token times to SLO outcomes and per-tier summaries.
 
-Each finished request is judged by ``niyama.qos.slo.evaluate`` with its
-tier's targets and its send time as arrival, so a miss here is a miss in
-the simulator and in the server's own ``/metrics``: TTFT for interactive
-tiers, TTLT for batch tiers (TBT deadline misses are reported apart, as in
-the paper). A request that failed or never finished counts as a miss, as a
-rejected request does in the simulator; one cancelled by a goodput probe's
-early stop before its fate was known is ``undecided`` and left out.
+Each request is judged by ``niyama.qos.slo.is_miss``, the rule the
+server's ``/metrics`` and the simulator's report count by: a finished one
+by ``qos.slo.evaluate`` with its tier's targets and its send time as
+arrival (TTFT for interactive tiers, TTLT for batch tiers; TBT deadline
+misses are reported apart, as in the paper); one the server refused
+(``rejected``: HTTP 429 or 503) or that failed or never finished (any other
+error, the drain timeout included) is a miss, as a rejected request is in
+the simulator; one cancelled by a goodput probe's early stop is a miss if it
+had already missed, else ``undecided`` and left out.
 
 While a run is going, ``certain_misses`` counts the requests already bound
 to miss (failed, or past their primary deadline without meeting it), so a
@@ -19,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from niyama.engine.report import percentile
 from niyama.qos.config import TierConfig
-from niyama.qos.slo import SloOutcome, evaluate
+from niyama.qos.slo import CANCELLED, FAILED, FINISHED, REJECTED, SloOutcome, SloTracker, evaluate, is_miss
 from niyama.qos.tiers import SloTargets
 
 from .client import Record
@@ -27,6 +29,7 @@ from .client import Record
 QUANTILES = (50, 90, 99)
 STOPPED_MISSED = "stopped: the miss budget was spent (this request had already missed)"
 STOPPED_UNDECIDED = "stopped: the miss budget was spent (undecided)"
+REFUSED = ("HTTP 429", "HTTP 503")  # the server refused the request before it started (overloaded, unavailable)
 
 
 def outcome(record: Record, targets: SloTargets) -> SloOutcome | None:
@@ -36,9 +39,25 @@ def outcome(record: Record, targets: SloTargets) -> SloOutcome | None:
     return evaluate(targets, record.sent, record.token_times)
 
 
+def ended_as(record: Record) -> str:
+    """How an ended request ended, in ``qos.slo``'s terms (the bench's early stop is its client leaving)."""
+    if record.error in (STOPPED_MISSED, STOPPED_UNDECIDED):
+        return CANCELLED
+    if record.error is not None and record.error.startswith(REFUSED):
+        return REJECTED
+    return FINISHED if record.ok else FAILED
+
+
+def judged_miss(record: Record, targets: SloTargets) -> bool | None:
+    """``is_miss`` of an ended request; None when it is not judged (undecided)."""
+    end = ended_as(record)
+    if end == FINISHED:
+        return is_miss(end, outcome(record, targets).missed)
+    return is_miss(end, record.error == STOPPED_MISSED)  # the runner judged it when it stopped
+
+
 def missed(record: Record, targets: SloTargets) -> bool:
-    result = outcome(record, targets)
-    return result is None or result.missed
+    return judged_miss(record, targets) is True
 
 
 def certainly_missed(record: Record, targets: SloTargets, now: float) -> bool:
@@ -49,10 +68,10 @@ def certainly_missed(record: Record, targets: SloTargets, now: float) -> bool:
         return missed(record, targets)
     if record.error is not None:
         return True
-    if targets.primary == "ttft":
-        first = record.token_times[0] if record.token_times else now
-        return first - record.sent > targets.ttft
-    return now - record.sent > targets.ttlt
+    tracker = SloTracker(targets, record.sent)
+    if record.token_times:
+        tracker.record(record.token_times[0])  # all the primary objective needs of a running request
+    return tracker.primary_violated(now)
 
 
 def certain_misses(records: Iterable[Record], tiers: TierConfig, now: float) -> int:
@@ -79,13 +98,15 @@ def tier_summary(records: Sequence[Record], targets: SloTargets) -> dict:
     """Counts, misses, attainment, latency distributions and lengths of one tier's requests.
 
     Requests cancelled undecided by an early stop are counted apart (``undecided``) and left out of
-    everything else: they neither met nor missed their target.
+    everything else: they neither met nor missed their target. ``rejected`` (refused with 429 or 503)
+    and ``failed`` (any other error) are misses, counted apart as well.
     """
-    undecided = sum(r.error == STOPPED_UNDECIDED for r in records)
-    records = [r for r in records if r.error != STOPPED_UNDECIDED]
+    undecided = sum(judged_miss(r, targets) is None for r in records)
+    records = [r for r in records if judged_miss(r, targets) is not None]
     outcomes = [outcome(r, targets) for r in records]
     finished = [o for o in outcomes if o is not None]
-    misses = sum(o is None or o.missed for o in outcomes)
+    misses = sum(judged_miss(r, targets) for r in records)
+    rejected = sum(ended_as(r) == REJECTED for r in records)
     tbt_misses = sum("tbt" in o.violations for o in finished)
     asked = sum(r.request.output_tokens for r in records)
     got = sum(len(r.token_times) for r in records)
@@ -100,7 +121,8 @@ def tier_summary(records: Sequence[Record], targets: SloTargets) -> dict:
         "requests": len(records),
         "undecided": undecided,
         "completed": len(finished),
-        "failed": len(records) - len(finished),
+        "rejected": rejected,
+        "failed": len(records) - len(finished) - rejected,
         "misses": misses,
         "violation_pct": _pct(misses, len(records)),
         "attainment_pct": round(100.0 - _pct(misses, len(records)), 3) if records else None,
@@ -119,14 +141,14 @@ def tier_summary(records: Sequence[Record], targets: SloTargets) -> dict:
 def summarize(records: Sequence[Record], tiers: TierConfig, wall_seconds: float) -> dict:
     """Per tier and overall; throughput over ``wall_seconds`` (first send to last answer)."""
     per_tier = {}
-    misses = 0
     for tier in tiers.tiers:
         own = [r for r in records if r.request.tier == tier.name]
         if own:
             per_tier[tier.name] = tier_summary(own, tier.targets)
-            misses += per_tier[tier.name]["misses"]
-    undecided = sum(r.error == STOPPED_UNDECIDED for r in records)
-    records = [r for r in records if r.error != STOPPED_UNDECIDED]
+    misses, rejected, undecided = (
+        sum(e[key] for e in per_tier.values()) for key in ("misses", "rejected", "undecided")
+    )
+    records = [r for r in records if judged_miss(r, tiers.tier(r.request.tier).targets) is not None]
     completed = [r for r in records if r.ok]
     output = sum(len(r.token_times) for r in completed)
     return {
@@ -134,6 +156,7 @@ def summarize(records: Sequence[Record], tiers: TierConfig, wall_seconds: float)
         "requests": len(records),
         "undecided": undecided,
         "completed": len(completed),
+        "rejected": rejected,
         "misses": misses,
         "violation_pct": _pct(misses, len(records)),
         "attainment_pct": round(100.0 - _pct(misses, len(records)), 3) if records else None,

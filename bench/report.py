@@ -27,15 +27,21 @@ def _targets(entry: dict) -> str:
 
 
 def tier_table(summary: dict) -> list[str]:
-    """One row per tier: counts, attainment, latency percentiles (seconds), output lengths achieved."""
-    headers = ["tier", "targets", "requests", "done", "misses", "attain %", "TBT-miss %", "TTFT p50", "TTFT p99",
-               "TBT p50", "TBT p99", "TTLT p50", "TTLT p99", "out/asked"]  # fmt: skip
+    """One row per tier: counts, attainment, latency percentiles (seconds), output lengths achieved.
+
+    ``rejected`` (429/503) and ``failed`` are among the ``misses``; results saved before refusals were counted
+    apart show "-" rejected (their ``failed`` includes them).
+    """
+    headers = ["tier", "targets", "requests", "done", "rejected", "failed", "misses", "attain %", "TBT-miss %",
+               "TTFT p50", "TTFT p99", "TBT p50", "TBT p99", "TTLT p50", "TTLT p99", "out/asked"]  # fmt: skip
     rows = [
         [
             name,
             _targets(e),
             e["requests"],
             e["completed"],
+            e.get("rejected"),
+            e["failed"],
             e["misses"],
             e["attainment_pct"],
             e["tbt_violation_pct"],
@@ -50,7 +56,8 @@ def tier_table(summary: dict) -> list[str]:
         for name, e in summary["tiers"].items()
     ]
     total = (
-        f"overall: {summary['requests']} requests, {summary['completed']} completed, {summary['misses']} missed "
+        f"overall: {summary['requests']} requests, {summary['completed']} completed, "
+        f"{cell(summary.get('rejected'))} rejected, {summary['misses']} missed "
         f"({summary['violation_pct']:.2f}%); {cell(summary['throughput_rps'])} req/s, "
         f"{cell(summary['output_tokens_per_s'], 1)} output tokens/s over {summary['wall_seconds']:.1f} s"
     )

@@ -20,6 +20,7 @@ class GenerationHandle(Protocol):
     request: GenerationRequest
     slo: SloTracker
     admitted: float | None  # when its first step ran (TGI's queue time ends there)
+    finished: float | None  # when it ended, however it ended
     finish_reason: str | None
     error: str | None
 
@@ -31,6 +32,11 @@ class GenerationHandle(Protocol):
 
     @property
     def done(self) -> bool: ...
+
+    @property
+    def ended_as(self) -> str | None:
+        """`qos.slo`'s FINISHED, CANCELLED (its client left) or FAILED once done; None before."""
+        ...
 
     def __aiter__(self) -> GenerationHandle: ...
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from niyama.qos.slo import SloTracker
+from niyama.qos.slo import CANCELLED, FAILED, FINISHED, SloTracker
 from niyama.qos.tiers import SloTargets
 
 from .request import GenerationRequest, TokenOutput
@@ -33,6 +33,7 @@ class Generation:
         self.finished: float | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.cancelled = False  # its client left: ended without a finish reason, yet not a failure
         self.moves = 0  # times it moved to another replica
         self.replica: int | None = None  # the replica slot serving it
         self._abort: Callable[[str, str | None], None] | None = None  # the holding engine's abort
@@ -53,6 +54,15 @@ class Generation:
     @property
     def done(self) -> bool:
         return self.finished is not None
+
+    @property
+    def ended_as(self) -> str | None:
+        """How it ended, in `qos.slo`'s terms (finished, cancelled, failed) for `is_miss`; None while it runs."""
+        if not self.done:
+            return None
+        if self.finish_reason is not None:
+            return FINISHED
+        return CANCELLED if self.cancelled else FAILED
 
     def __aiter__(self) -> Generation:
         return self
@@ -96,6 +106,11 @@ class Generation:
         if output.finish_reason is not None:
             self.end(now, output.finish_reason)
         return gap
+
+    def cancel(self, now: float) -> None:
+        """Its client left before it finished."""
+        self.cancelled = True
+        self.fail("the request was cancelled", now)
 
     def fail(self, error: str, now: float) -> None:
         self.error = error

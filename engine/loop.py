@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -31,7 +32,8 @@ log = logging.getLogger("niyama.engine")
 class LoopListener(Protocol):
     """What a loop tells the replica set around it."""
 
-    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None: ...
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float, schedule_seconds: float) -> None:
+        """A step ended (``result`` None: it failed) after ``seconds``; planning it took ``schedule_seconds``."""
 
     def token_done(self, generation: Generation, gap: float | None) -> None: ...
 
@@ -83,7 +85,7 @@ class AsyncEngine:
         if generation is None or generation.done:
             return
         if finish_reason is None:
-            generation.fail("the request was cancelled", self.clock())
+            generation.cancel(self.clock())
         else:
             generation.end(self.clock(), finish_reason)
         self.listener.request_done(generation)
@@ -100,7 +102,9 @@ class AsyncEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            planning = time.perf_counter()
             plan, outputs = self.core.prepare()
+            planning = time.perf_counter() - planning  # the scheduler's own time, which the next step waits on
             self._dispatch(outputs)
             if plan.is_empty:
                 await asyncio.sleep(0.001)
@@ -113,7 +117,7 @@ class AsyncEngine:
             try:
                 result = await loop.run_in_executor(self._executor, self.core.worker.execute, plan)
             except Exception as error:  # noqa: BLE001 - one failed step must not stop the server
-                self.listener.step_done(plan, None, self.clock() - now)
+                self.listener.step_done(plan, None, self.clock() - now, planning)
                 if isinstance(error, WorkerLost):
                     self.lost = str(error)
                     log.error("worker lost: %s; failing the %d requests it held", error, len(self.generations))
@@ -123,7 +127,7 @@ class AsyncEngine:
                 log.exception("step failed; failing the %d requests it was computing", len(plan.chunks))
                 self._dispatch(self.core.fail(plan, error))
                 continue
-            self.listener.step_done(plan, result, self.clock() - now)
+            self.listener.step_done(plan, result, self.clock() - now, planning)
             self._dispatch(self.core.complete(result))
 
     def _dispatch(self, outputs: StepOutputs) -> None:

@@ -61,7 +61,7 @@ class NoReplicaServing(RuntimeError):
 class EngineObserver(Protocol):
     """What /metrics hears from the engine."""
 
-    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None: ...
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float, schedule_seconds: float) -> None: ...
 
     def token_done(self, generation: Generation, gap: float | None) -> None: ...
 
@@ -71,7 +71,7 @@ class EngineObserver(Protocol):
 class Unobserved:
     """The observer of an engine nobody watches (benchmarks, tests); the app sets its `Metrics`."""
 
-    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None:
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float, schedule_seconds: float) -> None:
         return None
 
     def token_done(self, generation: Generation, gap: float | None) -> None:
@@ -105,7 +105,7 @@ class ReplicaStats:
     """What one replica slot has done since start-up, across restarts (the /metrics counters)."""
 
     restarts: int = 0
-    requests: Counter = field(default_factory=Counter)  # (tier, outcome) -> count; outcome finished, failed, moved
+    requests: Counter = field(default_factory=Counter)  # (tier, outcome) -> count; outcome: slo ENDS or moved
     steps: Counter = field(default_factory=Counter)  # "ok" / "failed" -> count
 
 
@@ -130,16 +130,15 @@ class Replica:
 
     # -- LoopListener ----------------------------------------------------------
 
-    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None:
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float, schedule_seconds: float) -> None:
         self.stats.steps["ok" if result is not None else "failed"] += 1
-        self.owner.observer.step_done(plan, result, seconds)
+        self.owner.observer.step_done(plan, result, seconds, schedule_seconds)
 
     def token_done(self, generation: Generation, gap: float | None) -> None:
         self.owner.observer.token_done(generation, gap)
 
     def request_done(self, generation: Generation) -> None:
-        outcome = "finished" if generation.finish_reason is not None else "failed"
-        self.stats.requests[(generation.request.tier, outcome)] += 1
+        self.stats.requests[(generation.request.tier, generation.ended_as)] += 1
         self.owner.observer.request_done(generation)
 
     def request_failed(self, generation: Generation, error: str) -> None:

@@ -1,10 +1,12 @@
 """Summaries of a simulation: the JSON object and the human table.
 
 Per tier: ``count`` (requests that arrived), ``completed``, ``rejected``
-(never fit the KV cache), ``relegated`` (ever relegated), TTFT / TBT / TTLT
+(never fit the KV cache), ``misses`` and ``attainment_pct`` by
+``qos.slo.is_miss`` (the rule the server's /metrics and the bench count by:
+missing the primary target, TTFT for interactive and TTLT for batch, or
+being rejected), ``relegated`` (ever relegated), TTFT / TBT / TTLT
 percentiles in seconds (TBT over every gap between consecutive tokens),
-``violation_pct`` (share missing the primary target: TTFT for interactive,
-TTLT for batch; rejected requests count as misses) and
+``violation_pct`` (misses / count) and
 ``tbt_violation_pct`` (share with any token after its TBT deadline,
 reported apart as the paper does). Overall: the same violation shares,
 ``throughput_tokens_per_s`` (prefill plus decode tokens computed, per
@@ -14,6 +16,8 @@ simulated second), ``mean_step_tokens`` and ``steps``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from niyama.qos.slo import FINISHED, REJECTED, is_miss
 
 from .simulator import SimResult
 
@@ -44,12 +48,14 @@ def summarize(result: SimResult) -> dict:
     for name, record in result.tiers.items():
         outcomes = record.outcomes
         count = len(outcomes) + record.rejected
-        missed = sum(o.missed for o in outcomes) + record.rejected
+        missed = sum(is_miss(FINISHED, o.missed) for o in outcomes) + record.rejected * is_miss(REJECTED)
         tbt_missed = sum("tbt" in o.violations for o in outcomes)
         entry: dict = {
             "count": count,
             "completed": len(outcomes),
             "rejected": record.rejected,
+            "misses": missed,
+            "attainment_pct": round(100.0 - _pct(missed, count), 4) if count else None,
             "relegated": result.stats.tiers[name].relegated_total,
         }
         series = {
@@ -89,7 +95,7 @@ def cell(value: object, digits: int = 3) -> str:
 
 def format_table(summary: dict) -> str:
     """A fixed-width table, one row per tier, then the overall line."""
-    columns = ["count", "completed", "relegated", "violation_pct", "tbt_violation_pct",
+    columns = ["count", "completed", "rejected", "misses", "relegated", "violation_pct", "tbt_violation_pct",
                "ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "ttlt_p50", "ttlt_p99"]  # fmt: skip
     headers = ["tier", *(c.replace("_violation_pct", " viol%").replace("violation_pct", "viol%") for c in columns)]
     rows = [[name, *(cell(entry[c]) for c in columns)] for name, entry in summary["tiers"].items()]

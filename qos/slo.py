@@ -13,7 +13,14 @@ request violated:
 - ``ttlt``: the last token came after ``arrival + ttlt``.
 
 A request *misses* (for goodput) when it violates its primary objective:
-``ttft`` for interactive tiers, ``ttlt`` for batch tiers.
+``ttft`` for interactive tiers, ``ttlt`` for batch tiers. ``is_miss`` extends
+that to every way a request can end, and is the one rule the server's
+/metrics, the bench and the simulator's report all count by: a request the
+server refused (``rejected``: 429, never fits the KV cache, no replica) or
+failed (a failed step, a lost worker, shutdown) missed; one whose client left
+(``cancelled``) is judged only if it had already violated its primary
+objective when it left, and is otherwise left out of attainment. TBT
+violations are reported beside misses, never as one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,30 @@ from .deadlines import anchor, token_deadline
 from .tiers import SloTargets
 
 OBJECTIVES = ("ttft", "tbt", "ttlt")
+
+# How a request ended, for the one definition of a miss (``is_miss``).
+FINISHED = "finished"  # produced its last token (length, EOS, stop sequence)
+FAILED = "failed"  # the server failed it after accepting it
+REJECTED = "rejected"  # the server refused it before it started
+CANCELLED = "cancelled"  # its client left (disconnected, stopped reading, a bench's early stop)
+ENDS = (FINISHED, FAILED, REJECTED, CANCELLED)
+
+
+def is_miss(end: str, primary_violated: bool = False) -> bool | None:
+    """Whether a request that ended as ``end`` missed; None when it is not judged at all.
+
+    ``primary_violated``: its primary objective was violated by the time it
+    ended (`SloOutcome.missed` for a finished request, `SloTracker.primary_violated`
+    at the moment a client left). Attainment is met / judged over the
+    requests for which this is not None.
+    """
+    if end == FINISHED:
+        return primary_violated
+    if end in (FAILED, REJECTED):
+        return True
+    if end == CANCELLED:
+        return True if primary_violated else None
+    raise ValueError(f"unknown end {end!r}; one of {', '.join(ENDS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +114,17 @@ class SloTracker:
     def ttft_missed(self) -> bool:
         ttft = self.ttft
         return ttft is not None and self.targets.ttft is not None and ttft > self.targets.ttft
+
+    def primary_violated(self, now: float) -> bool:
+        """The primary objective is already violated at ``now``, whatever comes next.
+
+        For a finished request with ``now`` its last token this is `SloOutcome.missed`;
+        for one still running (or whose client just left) a deadline that passed without its token counts.
+        """
+        if self.targets.primary == "ttft":
+            first = self.first if self.first is not None else now
+            return first - self.arrival > self.targets.ttft
+        return now - self.arrival > self.targets.ttlt
 
     def violations(self) -> tuple[str, ...]:
         found = []

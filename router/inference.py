@@ -4,7 +4,9 @@ Every route goes through here: `start_admitted` takes a request's
 concurrency permits (429 beyond the server's or the API key's limit) and
 submits its generations, all or nothing, so that no route has its own
 admit/start/release sequence to get wrong; `run_all` runs started
-generations to their end; `record_success` counts a finished request and
+generations to their end (a refusal on the way, 429 or the scheduler's,
+is counted per tier in /metrics as a rejected request: a miss);
+`record_success` counts a finished request and
 computes TGI's timing headers from the generation's own timestamps (the
 router's validation time included).
 """
@@ -16,16 +18,21 @@ import time
 from dataclasses import dataclass
 
 from niyama.engine.api import Engine, GenerationHandle
+from niyama.engine.replicas import EngineStopping, NoReplicaServing
 from niyama.engine.request import GenerationRequest
+from niyama.qos.errors import RequestTooLargeError
 from niyama.qos.tiers import SloTargets
 
 from .admission import Admission, Permit
 from .auth import Caller
+from .errors import ApiError
 from .metrics import Metrics
 from .settings import ServerSettings
 from .streaming import TokenEvent, TokenPipeline, token_batches
 from .tokenizer import TextTokenizer
 from .validation import ValidRequest
+
+REFUSALS = {RequestTooLargeError: "too_large", NoReplicaServing: "unavailable", EngineStopping: "unavailable"}
 
 
 @dataclass
@@ -98,12 +105,19 @@ class Inference:
         submission fails (the scheduler's AdmissionError, EngineStopping), the
         generations already started are aborted and the permits given back.
         """
-        admitted = Admitted(self.admission.acquire(caller, len(valids)), [])
+        try:
+            admitted = Admitted(self.admission.acquire(caller, len(valids)), [])
+        except ApiError:
+            self.metrics.request_rejected(tier, "overloaded", len(valids))
+            raise
         try:
             for valid in valids:
                 admitted.started.append(self._start(valid, tier, targets))
-        except BaseException:
+        except BaseException as error:
             await admitted.close()
+            reason = REFUSALS.get(type(error))
+            if reason is not None:
+                self.metrics.request_rejected(tier, reason, len(valids) - len(admitted.started))
             raise
         return admitted
 

@@ -2,9 +2,13 @@
 
 One `Metrics` per app, each with its own prometheus_client registry (never
 the global one), so several apps can live in one process (tests). It is the
-engine's `EngineObserver` (batch series from `step_done`, per-tier SLO
-outcomes from `request_done`, counted with `qos.slo` exactly as the simulator
-counts them) and the routes report each HTTP request's timings to it.
+engine's `EngineObserver` (batch series and the scheduler's time per step
+from `step_done`, per-tier SLO outcomes from `request_done`) and the routes
+report each HTTP request's timings and refusals to it. A miss is
+`qos.slo.is_miss`, the rule the bench and the simulator's report count by:
+per tier, requests are judged when they finish, fail, are refused
+(`niyama_tier_rejected_total`) or are cancelled by their client after
+already missing; attainment is met / judged.
 Scheduler state (queue depth, relegations, KV blocks, predictor error) is read
 from `scheduler.stats()` at scrape time.
 
@@ -21,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from niyama.engine.api import GenerationHandle
 from niyama.qos.config import TierConfig
 from niyama.qos.plan import Plan, StepResult
-from niyama.qos.slo import OBJECTIVES
+from niyama.qos.slo import CANCELLED, ENDS, FINISHED, OBJECTIVES, REJECTED, is_miss
 from niyama.qos.stats import SchedulerStats
 
 DURATION_BUCKETS = tuple(0.00015 * 1.5**n for n in range(35))  # TGI: 35 geometric buckets from 0.1 ms x 1.5
@@ -31,6 +35,12 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60,
     120, 300, 600, 1800, 3600,
 )  # fmt: skip
+# The scheduler's time to plan one step: tens of microseconds to tens of milliseconds, dense around 1-2 ms.
+SCHEDULE_BUCKETS = (
+    0.00002, 0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1,
+)  # fmt: skip
+REJECT_REASONS = ("overloaded", "too_large", "unavailable")  # 429, 422 (never fits the KV cache), 503
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -96,22 +106,31 @@ class Metrics:
         )
         self.batch_next_size = histogram("tgi_batch_next_size", "Batch size of the next batch", tuple(range(1, 1025)))
 
-        self.tier_requests = Counter(
-            "niyama_tier_requests", "Requests ended, per QoS tier and outcome", ("tier", "outcome"), registry=registry
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ("tier",)) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.tier_requests = counter(
+            "niyama_tier_requests", "Requests ended, per tier and outcome (finished, failed, cancelled, rejected)",
+            ("tier", "outcome"),
+        )  # fmt: skip
+        self.rejected = counter(
+            "niyama_tier_rejected", "Requests refused before they started, per tier and reason (overloaded: 429, "
+            "too_large: never fits the KV cache, unavailable: no replica serves or shutting down)", ("tier", "reason"),
+        )  # fmt: skip
+        self.slo_judged = counter(
+            "niyama_slo_judged", "Requests judged: finished, failed, rejected, and cancelled after a miss"
         )
-        self.slo_evaluated = Counter("niyama_slo_evaluated", "Finished requests whose SLOs were checked", ("tier",),
-                                     registry=registry)  # fmt: skip
-        self.slo_met = Counter("niyama_slo_met", "Finished requests that met every objective", ("tier",),
-                               registry=registry)  # fmt: skip
+        self.slo_misses = counter("niyama_slo_misses", "Judged requests that missed (qos.slo.is_miss)")
+        self.slo_met = counter("niyama_slo_met", "Judged requests that met their primary objective (TTFT or TTLT)")
+        self.slo_evaluated = counter("niyama_slo_evaluated", "Finished requests whose objectives were checked")
         self.slo_violations = Counter(
             "niyama_slo_violations",
             "SLO violations by objective (ttft, tbt, ttlt)",
             ("tier", "kind"),
             registry=registry,
         )
-        self.slo_attainment = gauge(
-            "niyama_slo_attainment", "Share of finished requests that met their SLOs", ("tier",)
-        )
+        self.slo_attainment = gauge("niyama_slo_attainment", "Met / judged requests per tier (1 before any)", ("tier",))
+        self.schedule = histogram("niyama_schedule_seconds", "Scheduler time to plan each step", SCHEDULE_BUCKETS)
         self.ttft = histogram("niyama_ttft_seconds", "Time to first token, per tier", LATENCY_BUCKETS, ("tier",))
         self.tbt = histogram("niyama_tbt_seconds", "Every gap between tokens, per tier", LATENCY_BUCKETS, ("tier",))
         self._tbt_by_tier = {tier: self.tbt.labels(tier) for tier in tiers.names}  # observed once per token
@@ -122,15 +141,22 @@ class Metrics:
         self.predictor_error = gauge("niyama_predictor_error", "Latency predictor's mean absolute percentage error")
         self.kv_free = gauge("niyama_kv_blocks_free", "Free KV cache blocks")
         self.kv_total = gauge("niyama_kv_blocks_total", "KV cache blocks")
-        self._slo_counts: dict[str, list[int]] = {tier: [0, 0] for tier in tiers.names}  # evaluated, met
-        for tier in tiers.names:
+        self._slo_counts: dict[str, list[int]] = {tier: [0, 0] for tier in tiers.names}  # judged, met
+        for tier in tiers.names:  # every tier's series exist from the start, so dashboards and rate() see zeros
             self.slo_attainment.labels(tier).set(1.0)
+            for family in (self.slo_judged, self.slo_misses, self.slo_met, self.slo_evaluated):
+                family.labels(tier)
             for kind in OBJECTIVES:
                 self.slo_violations.labels(tier, kind)
+            for outcome in ENDS:
+                self.tier_requests.labels(tier, outcome)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(tier, reason)
 
     # -- EngineObserver --------------------------------------------------------
 
-    def step_done(self, plan: Plan, result: StepResult | None, seconds: float) -> None:
+    def step_done(self, plan: Plan, result: StepResult | None, seconds: float, schedule_seconds: float) -> None:
+        self.schedule.observe(schedule_seconds)
         method = "prefill" if plan.shape.prefill_tokens else "decode"
         self.batch_count.inc(method)
         self.batch_next_size.observe(len(plan.chunks))
@@ -146,11 +172,12 @@ class Metrics:
             self._tbt_by_tier[generation.request.tier].observe(gap)
 
     def request_done(self, generation: GenerationHandle) -> None:
-        tier = generation.request.tier
-        if generation.finish_reason is None:
-            self.tier_requests.labels(tier, "failed").inc()
+        tier, end = generation.request.tier, generation.ended_as or CANCELLED
+        self.tier_requests.labels(tier, end).inc()
+        if end != FINISHED:  # failed: a miss; cancelled: one if its deadline had passed when its client left
+            ended = generation.finished if generation.finished is not None else generation.request.arrival
+            self._judge(tier, is_miss(end, generation.slo.primary_violated(ended)))
             return
-        self.tier_requests.labels(tier, "finished").inc()
         outcome = generation.slo.outcome()
         if outcome.ttft is not None:
             self.ttft.labels(tier).observe(outcome.ttft)
@@ -158,11 +185,16 @@ class Metrics:
         self.slo_evaluated.labels(tier).inc()
         for kind in outcome.violations:
             self.slo_violations.labels(tier, kind).inc()
-        if not outcome.violations:
-            self.slo_met.labels(tier).inc()
+        self._judge(tier, is_miss(end, outcome.missed))
+
+    def _judge(self, tier: str, missed: bool | None) -> None:
+        if missed is None:
+            return
+        self.slo_judged.labels(tier).inc()
+        (self.slo_misses if missed else self.slo_met).labels(tier).inc()
         counts = self._slo_counts[tier]
         counts[0] += 1
-        counts[1] += not outcome.violations
+        counts[1] += not missed
         self.slo_attainment.labels(tier).set(counts[1] / counts[0])
 
     # -- HTTP requests ---------------------------------------------------------
@@ -172,6 +204,15 @@ class Metrics:
 
     def request_failed(self, error_type: str) -> None:
         self.request_failure.inc(error_type)
+
+    def request_rejected(self, tier: str, reason: str, count: int = 1) -> None:
+        """``count`` sequences of a ``tier`` request refused before they started: judged, as misses."""
+        if tier not in self._slo_counts or reason not in REJECT_REASONS:
+            return  # an unknown tier is the client's error (422), not a refusal
+        self.tier_requests.labels(tier, REJECTED).inc(count)
+        self.rejected.labels(tier, reason).inc(count)
+        for _ in range(count):
+            self._judge(tier, is_miss(REJECTED))
 
     def request_succeeded(
         self, total: float, validation: float, queue: float, inference: float, input_length: int, generated: int,

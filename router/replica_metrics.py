@@ -4,7 +4,7 @@ The app's `Metrics` hears every replica's steps and requests, so TGI's series
 (`tgi_request_*`, `tgi_batch_*`, queue and batch gauges) are the sums over
 replicas (one, without `--replicas`). Beside them, each replica has its own series labelled `replica` (the
 slot index, stable across restarts): whether it serves, how often it was
-restarted, its requests per tier and outcome (`moved`: failed out of a lost
+restarted, its requests per tier and outcome (`cancelled`: its client left; `moved`: failed out of a lost
 replica before their first token and served elsewhere), its steps, and its
 scheduler's queue, running requests and free KV blocks.
 """
@@ -31,7 +31,8 @@ class ReplicaCollector:
         restarts = CounterMetricFamily("niyama_replica_restarts", "Times the replica was started again after a loss",
                                        labels=["replica"])  # fmt: skip
         requests = CounterMetricFamily(
-            "niyama_replica_requests", "Requests ended on the replica, per tier and outcome (finished, failed, moved)",
+            "niyama_replica_requests",
+            "Requests ended on the replica, per tier and outcome (finished, failed, cancelled, moved)",
             labels=["replica", "tier", "outcome"],
         )  # fmt: skip
         steps = CounterMetricFamily("niyama_replica_steps", "Steps the replica ran, per outcome (ok, failed)",

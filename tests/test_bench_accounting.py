@@ -33,7 +33,7 @@ RECORDS = [
     record("chat", 40.0, [40.9, 41.0, 41.9, 42.0]),  # token 3 due 41.0 + 0.6 = 41.6: a TBT miss, not a miss
     record("jobs", 0.0, [3.0, 9.0]),  # ttlt 9: ok
     record("jobs", 0.0, [5.0, 12.0]),  # ttlt 12: misses
-    record("jobs", 0.0, [1.0], error="HTTP 429: overloaded"),  # failed: a miss
+    record("jobs", 0.0, [1.0], error="HTTP 429: overloaded"),  # rejected: a miss
 ]
 
 
@@ -47,10 +47,11 @@ def test_per_tier_summary_is_hand_computed():
     # every gap: .2 .4 .2 | .1 | .8 .1 .1 | .1 .9 .1
     assert chat["tbt"]["max"] == pytest.approx(0.9) and chat["tbt"]["p50"] == pytest.approx(0.15)
     assert chat["ttlt"]["p50"] == pytest.approx(1.45)  # 1.2 1.3 1.6 2.0
-    assert (jobs["requests"], jobs["completed"], jobs["failed"], jobs["misses"]) == (3, 2, 1, 2)
+    assert (jobs["requests"], jobs["completed"], jobs["rejected"], jobs["failed"], jobs["misses"]) == (3, 2, 1, 0, 2)
     assert jobs["ttlt"]["p50"] == pytest.approx(10.5) and jobs["errors"] == {"HTTP 429": 1}
     assert jobs["output_tokens_asked"] == 12 and jobs["output_tokens_received"] == 5
-    assert summary["misses"] == 3 and summary["violation_pct"] == pytest.approx(300 / 7, abs=1e-3)
+    assert summary["misses"] == 3 and summary["rejected"] == 1
+    assert summary["violation_pct"] == pytest.approx(300 / 7, abs=1e-3)
     assert summary["completed"] == 6 and summary["throughput_rps"] == pytest.approx(6 / 50)
     assert summary["output_tokens_per_s"] == pytest.approx(18 / 50)
 

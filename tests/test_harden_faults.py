@@ -69,7 +69,7 @@ def test_clients_leaving_at_random_points_free_every_block_and_permit():
         runner = worker.worker
         wait_until(lambda: settled(server) and not runner.sequences)  # the runner drops aborted sequences between steps
         assert server.state.engine.stats().free_blocks == start.free_blocks
-        assert metric(server, 'niyama_tier_requests_total{outcome="failed",tier="interactive"}') >= 8
+        assert metric(server, 'niyama_tier_requests_total{outcome="cancelled",tier="interactive"}') >= 8
         assert metric(server, 'tgi_request_failure{err="client_closed"}') >= 1  # left mid-body
         assert metric(server, 'tgi_request_failure{err="internal"}', 0.0) == 0
         ok = requests.post(server.url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}})
@@ -153,7 +153,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_resources_freed():
             wait_until(lambda: server.state.engine.in_flight == 1)
             wait_until(lambda: settled(server), timeout=30)  # aborted while the client still holds the socket
             assert metric(server, 'tgi_request_failure{err="client_stalled"}') == 1
-            assert metric(server, 'niyama_tier_requests_total{outcome="failed",tier="interactive"}') == 1  # cut short
+            assert metric(server, 'niyama_tier_requests_total{outcome="cancelled",tier="interactive"}') == 1
             sock.settimeout(10)
             received = read_all(sock)  # what the server had buffered, then the end of the connection
         events = json_events(received.split(b"\n"))  # SSE fields only: HTTP's head and chunk sizes are ignored

@@ -53,7 +53,7 @@ class Recorder:
     def __init__(self) -> None:
         self.outcomes: list[str | None] = []
 
-    def step_done(self, plan, result, seconds) -> None:
+    def step_done(self, plan, result, seconds, schedule_seconds) -> None:
         pass
 
     def token_done(self, generation, gap) -> None:

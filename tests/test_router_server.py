@@ -140,9 +140,7 @@ def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_blocks_freed(se
         assert stats.free_blocks < stats.total_blocks and server.state.engine.in_flight == 1
     wait_until(lambda: blocks_all_free(server), timeout=2.0)  # finishing the 400 tokens would take 8 s
     assert metric(server, "niyama_kv_blocks_free") == metric(server, "niyama_kv_blocks_total")
-    assert (
-        'niyama_tier_requests_total{outcome="failed",tier="interactive"}' in requests.get(server.url + "/metrics").text
-    )
+    assert metric(server, 'niyama_tier_requests_total{outcome="cancelled",tier="interactive"}') >= 1  # its client left
 
 
 def test_over_the_concurrency_limit_is_429_overloaded_with_retry_after():

@@ -153,7 +153,7 @@ def test_cli_json_is_byte_identical_for_a_seed(capsys):
 def test_cli_table(capsys):
     code, out, _ = run_cli(capsys, "--trace", "sharegpt", "--rate", "1", "--duration", "30", "--policy", "fcfs")
     assert code == 0
-    assert out.splitlines()[0].split()[:4] == ["tier", "count", "completed", "relegated"]
+    assert out.splitlines()[0].split()[:6] == ["tier", "count", "completed", "rejected", "misses", "relegated"]
     assert "overall:" in out
 
 
@@ -180,6 +180,8 @@ def test_cli_goodput_and_silo(capsys):
         (["--without", "magic"], "unknown mechanism 'magic'"),
         (["--goodput", "--silo"], "not allowed with argument"),
         (["--duration", "abc"], "invalid float value"),
+        (["--arrivals", "trace", "--burstiness", "0.5"], "--burstiness shapes gamma arrivals"),
+        (["--burstiness", "0"], "--burstiness must be positive"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, message):
