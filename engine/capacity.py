@@ -84,11 +84,16 @@ def goodput_search(
     poisson: bool,
     start: float,
     on_probe: Callable[[Probe], None] | None = None,
+    burstiness: float = 1.0,
 ) -> tuple[float, list[Probe]]:
-    """Goodput of ``setup`` on ``trace``: every probe rebuilds the workload at its rate with the same seed."""
+    """Goodput of ``setup`` on ``trace``: every probe rebuilds the workload at its rate with the same seed.
+
+    The workload is ``build_workload``'s: ``poisson`` or the trace's times, gamma with a ``burstiness`` other than 1.
+    """
 
     def run(rate: float) -> Probe:
-        requests = build_workload(trace, setup.tiers, mix, (RatePhase(rate, duration),), duration, seed, poisson)
+        phases = (RatePhase(rate, duration),)
+        requests = build_workload(trace, setup.tiers, mix, phases, duration, seed, poisson, burstiness)
         result = probe(setup, requests, rate)
         if on_probe is not None:
             on_probe(result)

@@ -15,6 +15,7 @@ import sys
 
 from tqdm import tqdm
 
+from niyama.qos.arrivals import PROCESSES
 from niyama.qos.options import RunConfig, add_run_options, run_config
 from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.traces import BUILTIN_TRACES, load_trace
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, help="requests/s (default: the trace's own rate)")
     parser.add_argument("--rate-schedule", help="alternating rates, e.g. 2:900,5:900 (RATE:SECONDS,...)")
     parser.add_argument(
-        "--arrivals", choices=("trace", "poisson"), help="timestamps of a timed trace (default) or Poisson"
+        "--arrivals", choices=PROCESSES, help="timestamps of a timed trace (default), Poisson, or gamma (--burstiness)"
+    )
+    parser.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape: 1 Poisson (default), <1 burstier; implies gamma"
     )
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,14 +87,19 @@ def run(args: argparse.Namespace) -> int:
     mix = parse_mix(args.mix, tiers) if args.mix else tuple(1 / len(tiers.tiers) for _ in tiers.tiers)
     LatencyPredictor.load(config.latency_model)  # fail fast on a bad profile, before any simulation
     setup = SimSetup.from_config(config, tiers, args.seed)
-    poisson = args.arrivals == "poisson" or trace.times is None
+    burstiness = args.burstiness
+    if args.arrivals == "trace" and burstiness != 1.0:
+        raise UsageError("--burstiness shapes gamma arrivals, not a trace's own")
+    if not burstiness > 0:
+        raise UsageError(f"--burstiness must be positive, got {burstiness}")
+    poisson = args.arrivals in ("poisson", "gamma") or burstiness != 1.0 or trace.times is None
     rate = args.rate or (None if poisson else trace.native_rate)
     if args.goodput:
         return run_goodput(args, config, setup, trace, mix, poisson, rate or 1.0)
     if rate is None and not args.rate_schedule:
         raise UsageError(f"--rate is required: trace {args.trace!r} has no timestamps")
     phases = parse_rate_schedule(args.rate_schedule) if args.rate_schedule else (RatePhase(rate, args.duration),)
-    requests = build_workload(trace, tiers, mix, phases, args.duration, args.seed, poisson)
+    requests = build_workload(trace, tiers, mix, phases, args.duration, args.seed, poisson, burstiness)
     described = describe(args, config, mix, poisson, rate)
     if args.silo:
         return run_silo(args, config, setup, requests, described)
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
 def describe(args: argparse.Namespace, config: RunConfig, mix, poisson: bool, rate: float | None) -> dict:
     """The workload's settings and the whole run configuration (every policy knob), for --json."""
     return {
-        "trace": args.trace, "arrivals": "poisson" if poisson else "trace", "rate": rate,
+        "trace": args.trace, "arrivals": ("gamma" if args.burstiness != 1.0 else "poisson") if poisson else "trace",
+        "burstiness": args.burstiness, "rate": rate,
         "rate_schedule": args.rate_schedule, "duration": args.duration, "seed": args.seed,
         "mix": [round(m, 6) for m in mix], **config.as_dict(),
     }  # fmt: skip
@@ -124,7 +134,7 @@ def run_goodput(args, config: RunConfig, setup: SimSetup, trace, mix, poisson: b
                 file=sys.stderr,
             )
 
-    rate, probes = goodput_search(setup, trace, mix, args.duration, args.seed, poisson, start, report)
+    rate, probes = goodput_search(setup, trace, mix, args.duration, args.seed, poisson, start, report, args.burstiness)
     if args.json:
         described = describe(args, config, mix, poisson, None)
         probes_out = [{"rate": round(p.rate, 6), "requests": p.requests, "misses": p.misses} for p in probes]

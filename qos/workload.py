@@ -81,11 +81,15 @@ def build_workload(
     duration: float,
     seed: int,
     poisson: bool = False,
+    burstiness: float = 1.0,
 ) -> list[Request]:
     """The simulator's default arrivals: a timed trace's own, or Poisson (``poisson``, or a trace without times).
 
     ``poisson`` ignores the trace's timestamps (the paper's setup: Poisson
-    arrivals, lengths drawn from the trace).
+    arrivals, lengths drawn from the trace); a ``burstiness`` other than 1
+    makes them gamma arrivals of that shape (as `niyama bench serve
+    --burstiness` does).
     """
     kind = "poisson" if poisson or trace.native_rate is None else "trace"
-    return draw_requests(trace, tiers, mix, ArrivalProcess(kind, tuple(phases)), duration, seed)
+    kind = "gamma" if burstiness != 1.0 else kind
+    return draw_requests(trace, tiers, mix, ArrivalProcess(kind, tuple(phases), burstiness), duration, seed)

@@ -23,16 +23,18 @@ def gaps(times: list[float]) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    ("arrivals", "rate", "seed"),
-    [("poisson", 2.0, 7), ("trace", None, 1)],  # `--arrivals poisson --rate 2 --seed 7`; a timed trace's own rate
+    ("arrivals", "rate", "seed", "burstiness"),
+    # `--arrivals poisson --rate 2 --seed 7`; a timed trace at its own rate; `--burstiness 0.5`
+    [("poisson", 2.0, 7, 1.0), ("trace", None, 1, 1.0), ("gamma", 3.0, 2, 0.5)],
 )
-def test_bench_sends_exactly_what_the_simulator_replays(arrivals, rate, seed):
+def test_bench_sends_exactly_what_the_simulator_replays(arrivals, rate, seed, burstiness):
     """`niyama bench serve` and `niyama simulate` with the same trace, tiers, mix, rate, duration and seed."""
     trace, paper = load_trace("azure-code"), builtin_tier_config("paper")
     phases = (RatePhase(rate or trace.native_rate, 300.0),)
     mix = (0.5, 0.3, 0.2)
-    bench = build_requests(trace, paper, mix, ArrivalProcess(arrivals, phases), 300.0, seed, LengthScaling())
-    simulated = build_workload(trace, paper, mix, phases, 300.0, seed, poisson=arrivals == "poisson")
+    process = ArrivalProcess(arrivals, phases, burstiness)
+    bench = build_requests(trace, paper, mix, process, 300.0, seed, LengthScaling())
+    simulated = build_workload(trace, paper, mix, phases, 300.0, seed, arrivals != "trace", burstiness)
     assert len(simulated) > 300 and {r.tier for r in simulated} == set(paper.names)
     assert sim_requests(bench) == simulated  # id, tier, arrival time, prompt and output length, request by request
     assert [r.arrival for r in bench] == [r.arrival for r in simulated]
