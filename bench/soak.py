@@ -182,7 +182,7 @@ async def run_traffic(url: str, traffic: Traffic) -> Tally:
 
 
 def attainment(before: dict[str, float], after: dict[str, float], tiers: tuple[str, ...]) -> dict[str, float | None]:
-    """Per tier, the share of requests finished between two scrapes that met every objective (None: none)."""
+    """Per tier, the share of requests finished between two scrapes that met their primary objective (None: none)."""
     shares = {}
     for tier in tiers:
         evaluated, met = (f'niyama_slo_{kind}_total{{tier="{tier}"}}' for kind in ("evaluated", "met"))
