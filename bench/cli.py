@@ -19,6 +19,7 @@ BENCHMARKS = {
     "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
     "qos-truth": ("niyama.bench.qos_truth", "simulated goodput of niyama, edf, fcfs under prediction error (truth)"),
+    "emulated": ("niyama.bench.evaluate_emulated", "fcfs, edf, niyama served on an emulated A100, beside simulation"),
 }
 
 
