@@ -109,9 +109,10 @@ def tier_rows(results: dict) -> list[list]:
     return rows
 
 
-def router_row(label: str, rate: str, router: dict) -> list:
+def router_row(label: str, rate: str, router: dict, sim_steps: int | None, client: dict | None) -> list:
     return [label, rate, router["peak_streams"], router["loop_lag_p99_ms"], router["schedule_p99_ms"],
-            router["schedule_samples"], router["tokens_per_s"], router["max_send_lag_s"]]  # fmt: skip
+            router["schedule_samples"], sim_steps, router.get("mean_step_ms"), router["tokens_per_s"],
+            router["max_send_lag_s"], None if client is None else client["cpu_share"]]  # fmt: skip
 
 
 def render(results: dict, tiers: TierConfig) -> list[str]:
@@ -145,15 +146,19 @@ def render(results: dict, tiers: TierConfig) -> list[str]:
               "Peak streams: most requests open at once at the client (send to last token). Loop lag and "
               "schedule time: p99 of the server's `niyama_event_loop_lag_seconds` and `niyama_schedule_seconds` "
               "over the probe (difference of scrapes, Prometheus' interpolation within a bucket). Tokens/s: "
-              "streamed tokens over the probe's wall time. Send lag: the client's worst lateness.", ""]  # fmt: skip
-    rows = [router_row(p, f"{probe['rate']:.3f}", probe["router"]) for s in results["steps"]
-            for p, probe in s["probes"].items()]  # fmt: skip
+              "streamed tokens over the probe's wall time. Steps: the server's, beside the simulator's for the same "
+              "requests; mean step: the worker's own time per step (`tgi_batch_forward_duration`). Send lag: the "
+              "client's worst lateness; client CPU share (stress probe): see below.", ""]  # fmt: skip
+    rows = [router_row(p, f"{probe['rate']:.3f}", probe["router"], probe["sim"].get("steps"), None)
+            for s in results["steps"] for p, probe in s["probes"].items()]  # fmt: skip
     if results.get("stress"):
         stress = results["stress"]
         rows.append(router_row(f"stress ({stress['policy']}: {stress['requests']} x {stress['output_tokens']} "
-                               f"tokens in {stress['window_s']:g} s)", "-", stress["router"]))  # fmt: skip
-    lines += markdown(["probe", "rate", "peak streams", "loop lag p99 (ms)", "schedule p99 (ms)", "steps",
-                       "tokens/s", "send lag (s)"], rows)  # fmt: skip
+                               f"tokens in {stress['window_s']:g} s)", "-", stress["router"], None,
+                               stress.get("client")))  # fmt: skip
+    headers = ["probe", "rate", "peak streams", "loop lag p99 (ms)", "schedule p99 (ms)", "steps", "sim steps",
+               "mean step (ms)", "tokens/s", "send lag (s)", "client CPU share"]  # fmt: skip
+    lines += markdown(headers, rows)
     lines += ["", "## How it ran", "",
               f"{config['client']}; the servers side by side, one rate step at a time. Client CPU share: its "
               "process's CPU time over the step's wall time (near 1.0 would mean the client could be the "

@@ -67,6 +67,7 @@ POLICIES = ("fcfs", "edf", "niyama")
 SEARCH_START = {"fcfs": 2.5, "edf": 8.0, "niyama": 12.0}  # near each one's simulated goodput: fewer probes
 LOOP_LAG = "niyama_event_loop_lag_seconds"
 SCHEDULE = "niyama_schedule_seconds"
+FORWARD = "tgi_batch_forward_duration"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +162,9 @@ def router_figures(probe: ProbeResult, before: str, after: str) -> dict:
         window = None if late is None else late.minus(Histogram.read(before, name))
         figures[f"{key}_p99_ms"] = None if window is None else ms(window.quantile(0.99))
         figures[f"{key}_samples"] = None if window is None else int(window.count)
+    late = Histogram.read(after, FORWARD)
+    forward = None if late is None else late.minus(Histogram.read(before, FORWARD))
+    figures["mean_step_ms"] = None if forward is None else ms(forward.mean)  # the worker's own time per step
     tokens = sum(len(r.token_times) for r in probe.run.records)
     figures["tokens_per_s"] = round(tokens / probe.run.wall_seconds, 1) if probe.run.wall_seconds > 0 else None
     figures["max_send_lag_s"] = round(probe.run.max_send_lag, 4)
@@ -173,6 +177,15 @@ async def observed(url: str, run) -> tuple[ProbeResult, dict]:
     probe = await run
     after = await asyncio.to_thread(exposition, url)
     return probe, router_figures(probe, before, after)
+
+
+async def clocked(run) -> tuple[object, dict]:
+    """Await ``run``; and how busy this process (the client) was meanwhile: its CPU time over the wall time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = await run
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return result, {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_share": round(cpu / wall, 3),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
 
 def probe_json(probe: ProbeResult, router: dict) -> dict:
@@ -189,11 +202,43 @@ def stress_requests(args: argparse.Namespace, tiers: TierConfig) -> list[BenchRe
                          args.stress_prompt_tokens, args.stress_output_tokens) for i in range(n)]  # fmt: skip
 
 
+async def rate_step(args: argparse.Namespace, urls: Mapping[str, str], tiers: TierConfig, scenario, rates: dict,
+                    step: int) -> dict:  # fmt: skip
+    """Every policy's probe at its rate of this step, at once; then the simulator on each probe's requests."""
+    planned = {p: scenario(p, args.duration).requests((RatePhase(rates[p][step], 1e9),)) for p in urls}
+    builder = scenario(next(iter(urls)), args.duration).builder
+    await builder.build_all([(r.index, r.prompt_tokens) for requests in planned.values() for r in requests])
+    log(f"step {step + 1}: " + ", ".join(f"{p} {rates[p][step]:.3f} req/s ({len(planned[p])} requests)" for p in urls))
+    results, client = await clocked(asyncio.gather(*(
+        observed(urls[p], measure(scenario(p, args.duration), planned[p], p, rates[p][step], False)) for p in urls
+    )))  # fmt: skip
+    probes = {}
+    for policy, (probe, router) in zip(urls, results):
+        result = simulate(sim_setup(args, tiers, policy), sim_requests(planned[policy]))
+        sim = {**sim_summary(result), "steps": result.steps}
+        probes[policy] = {**probe_json(probe, router), "sim": sim}
+        log(f"  {policy} @ {probe.rate:.3f}: real {probe.summary['violation_pct']:.2f}% missed, "
+            f"sim {sim['violation_pct']:.2f}%; peak {router['peak_streams']} streams, "
+            f"lag p99 {router['loop_lag_p99_ms']} ms, schedule p99 {router['schedule_p99_ms']} ms")  # fmt: skip
+    return {"client": client, "probes": probes}
+
+
+async def stress_probe(args: argparse.Namespace, urls: Mapping[str, str], tiers: TierConfig, scenario) -> dict:
+    """``--stress-requests`` long streams at once on one server: the router's figures at that scale."""
+    policy = args.stress_policy if args.stress_policy in urls else next(iter(urls))
+    run = measure(scenario(policy, args.stress_window), stress_requests(args, tiers), "stress", None, False)
+    (probe, router), client = await clocked(observed(urls[policy], run))
+    log(f"stress on {policy}: peak {router['peak_streams']} streams, lag p99 {router['loop_lag_p99_ms']} ms, "
+        f"schedule p99 {router['schedule_p99_ms']} ms, {router['tokens_per_s']} tokens/s")  # fmt: skip
+    return {"policy": policy, "requests": args.stress_requests, "window_s": args.stress_window,
+            "prompt_tokens": args.stress_prompt_tokens, "output_tokens": args.stress_output_tokens,
+            "completed": probe.summary["completed"], "router": router, "client": client}  # fmt: skip
+
+
 async def evaluate(args: argparse.Namespace, urls: Mapping[str, str], tiers: TierConfig, mix, rates: dict) -> dict:
     """Every rate step with all policies side by side, each probe simulated beside; then the stress probe."""
     trace = load_trace(args.trace)
     drain = max(t.targets.ttlt or t.targets.ttft or 0.0 for t in tiers.tiers) + args.drain_margin
-    steps: list[dict] = []
     async with new_session(30) as session:
         reference = next(iter(urls.values()))
         scaling = LengthScaling(max_total=await max_total_tokens(session, reference))
@@ -204,38 +249,11 @@ async def evaluate(args: argparse.Namespace, urls: Mapping[str, str], tiers: Tie
             return Scenario(trace, tiers, mix, "poisson", 1.0, duration, args.seed, scaling, targets, builder,
                             drain_timeout=drain, request_timeout=duration + drain + 60, progress=False)  # fmt: skip
 
+        steps = []
         for step, factor in enumerate(floats(args.rate_factors)):
-            planned = {p: scenario(p, args.duration).requests((RatePhase(rates[p][step], 1e9),)) for p in urls}
-            await builder.build_all([(r.index, r.prompt_tokens) for requests in planned.values() for r in requests])
-            log(f"step {step + 1} (x{factor:g}): " + ", ".join(
-                f"{p} {rates[p][step]:.3f} req/s ({len(planned[p])} requests)" for p in urls))  # fmt: skip
-            wall, cpu = time.perf_counter(), time.process_time()
-            results = await asyncio.gather(*(
-                observed(urls[p], measure(scenario(p, args.duration), planned[p], p, rates[p][step], False))
-                for p in urls
-            ))  # fmt: skip
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            probes = {}
-            for policy, (probe, router) in zip(urls, results):
-                sim = sim_summary(simulate(sim_setup(args, tiers, policy), sim_requests(planned[policy])))
-                probes[policy] = {**probe_json(probe, router), "sim": sim}
-                log(f"  {policy} @ {probe.rate:.3f}: real {probe.summary['violation_pct']:.2f}% missed, "
-                    f"sim {sim['violation_pct']:.2f}%; peak {router['peak_streams']} streams, "
-                    f"lag p99 {router['loop_lag_p99_ms']} ms, schedule p99 {router['schedule_p99_ms']} ms")  # fmt: skip
-            client = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_share": round(cpu / wall, 3),
-                      "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
-            steps.append({"factor": factor, "client": client, "probes": probes})
+            steps.append({"factor": factor, **await rate_step(args, urls, tiers, scenario, rates, step)})
             await asyncio.sleep(args.probe_gap)
-        stress = None
-        if args.stress_requests > 0:
-            policy = args.stress_policy if args.stress_policy in urls else next(iter(urls))
-            probe, router = await observed(urls[policy], measure(
-                scenario(policy, args.stress_window), stress_requests(args, tiers), "stress", None, False))  # fmt: skip
-            stress = {"policy": policy, "requests": args.stress_requests, "window_s": args.stress_window,
-                      "prompt_tokens": args.stress_prompt_tokens, "output_tokens": args.stress_output_tokens,
-                      "completed": probe.summary["completed"], "router": router}  # fmt: skip
-            log(f"stress on {policy}: peak {router['peak_streams']} streams, lag p99 {router['loop_lag_p99_ms']} ms, "
-                f"schedule p99 {router['schedule_p99_ms']} ms, {router['tokens_per_s']} tokens/s")  # fmt: skip
+        stress = await stress_probe(args, urls, tiers, scenario) if args.stress_requests > 0 else None
     return {"steps": steps, "stress": stress}
 
 

@@ -79,8 +79,10 @@ def test_emulated_evaluation_end_to_end(tmp_path):
         assert router["peak_streams"] >= 1 and router["tokens_per_s"] > 0
         assert router["loop_lag_samples"] > 0 and 0 < router["loop_lag_p99_ms"] < 1000
         assert router["schedule_samples"] > 0 and 0 < router["schedule_p99_ms"] < 1000
+        assert router["mean_step_ms"] > 0 and sim["steps"] > 0
     stress = results["stress"]
     assert stress["completed"] == 40 and stress["router"]["peak_streams"] > 5  # 24 tokens at ~10 ms a step overlap
+    assert 0 < stress["client"]["cpu_share"] < 1
     assert results["analysis"]["crossing"]["niyama"]["real"] == {"rate": 3.0, "bound": "above"}
 
     summary = (out / "summary.md").read_text()
