@@ -118,6 +118,8 @@ def router_row(label: str, rate: str, router: dict, sim_steps: int | None, clien
 def render(results: dict, tiers: TierConfig) -> list[str]:
     config, analysis = results["config"], results["analysis"]
     lines = ["# QoS end to end on an emulated device", "", f"Command: `{config['command']}`", "",
+             *(["**Partial: the run has not finished; these are the steps done so far.**", ""]
+               if results.get("partial") else []),
              f"Device `{config['emulate']}` (emulated: each step sleeps the latency model's time x lognormal noise "
              f"sigma {config['truth_noise']}, bias {config['truth_bias']}; tokens are fillers), trace "
              f"`{config['trace']}` at full length, Poisson arrivals, {config['duration']:g} s of arrivals per probe, "

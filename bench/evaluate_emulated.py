@@ -40,7 +40,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from niyama.engine.capacity import goodput_search
@@ -235,8 +235,13 @@ async def stress_probe(args: argparse.Namespace, urls: Mapping[str, str], tiers:
             "completed": probe.summary["completed"], "router": router, "client": client}  # fmt: skip
 
 
-async def evaluate(args: argparse.Namespace, urls: Mapping[str, str], tiers: TierConfig, mix, rates: dict) -> dict:
-    """Every rate step with all policies side by side, each probe simulated beside; then the stress probe."""
+async def evaluate(
+    args: argparse.Namespace, urls: Mapping[str, str], tiers: TierConfig, mix, rates: dict, save: Callable[[dict], None]
+) -> dict:
+    """Every rate step with all policies side by side, each probe simulated beside; then the stress probe.
+
+    ``save`` gets what is measured after each step, so a long run stopped early keeps its finished steps.
+    """
     trace = load_trace(args.trace)
     drain = max(t.targets.ttlt or t.targets.ttft or 0.0 for t in tiers.tiers) + args.drain_margin
     async with new_session(30) as session:
@@ -252,6 +257,7 @@ async def evaluate(args: argparse.Namespace, urls: Mapping[str, str], tiers: Tie
         steps = []
         for step, factor in enumerate(floats(args.rate_factors)):
             steps.append({"factor": factor, **await rate_step(args, urls, tiers, scenario, rates, step)})
+            save({"steps": steps, "stress": None})
             await asyncio.sleep(args.probe_gap)
         stress = await stress_probe(args, urls, tiers, scenario) if args.stress_requests > 0 else None
     return {"steps": steps, "stress": stress}
@@ -259,6 +265,19 @@ async def evaluate(args: argparse.Namespace, urls: Mapping[str, str], tiers: Tie
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def write(args: argparse.Namespace, argv: list[str], tiers: TierConfig, results: dict, started: float) -> None:
+    """results.json, summary.md and the plot from what has been measured so far (``results["partial"]`` until done)."""
+    results["config"] = {
+        "command": "niyama bench emulated " + shlex.join(argv),
+        **{key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "client": "one asyncio loop, every policy's probe side by side", "cpu_count": os.cpu_count(),
+        "wall_seconds": round(time.monotonic() - started, 1), **results.get("config", {}),
+    }  # fmt: skip
+    results["analysis"] = analyse(results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(results, tiers, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,18 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     rates = {p: [round(f * found[p]["rps"], 4) for f in floats(args.rate_factors)] for p in policies}
     with sigterm_exits(), ServerGroup(server_specs(args, policies), args.out / "logs") as group:
         log(f"servers up: {', '.join(f'{p} {s.url}' for p, s in group.servers.items())}")
-        results = asyncio.run(evaluate(args, {p: group[p].url for p in policies}, tiers, mix, rates))
-        servers = {name: server.spec.args for name, server in group.servers.items()}
-    results = {"goodput": found, "rates": rates, **results}
-    results["config"] = {
-        "command": "niyama bench emulated " + shlex.join(argv),
-        **{key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-        "mix": mix, "servers": servers, "client": "one asyncio loop, every policy's probe side by side",
-        "cpu_count": os.cpu_count(), "wall_seconds": round(time.monotonic() - started, 1),
-    }  # fmt: skip
-    results["analysis"] = analyse(results)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_report(results, tiers, args.out)
+        config = {"mix": mix, "servers": {name: server.spec.args for name, server in group.servers.items()}}
+
+        def save(measured: dict, partial: bool = True) -> None:
+            write(args, argv, tiers, {"goodput": found, "rates": rates, **measured, "partial": partial,
+                                      "config": config}, started)  # fmt: skip
+
+        save(asyncio.run(evaluate(args, {p: group[p].url for p in policies}, tiers, mix, rates, save)), False)
     log(f"done in {time.monotonic() - started:.0f} s: {args.out}/summary.md")
     return 0
 

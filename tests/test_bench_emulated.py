@@ -64,6 +64,7 @@ def test_emulated_evaluation_end_to_end(tmp_path):
     assert evaluate_emulated.main(argv) == 0
 
     results = json.loads((out / "results.json").read_text())
+    assert results["partial"] is False  # saved after each step as partial, then once more when done
     assert (out / "misses_vs_rate.png").stat().st_size > 0
     (step,) = results["steps"]
     assert set(step["probes"]) == {"fcfs", "niyama"}
