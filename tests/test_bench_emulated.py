@@ -9,6 +9,12 @@ misses of the very same requests, and the router's own figures read from
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 
 import pytest
 
@@ -53,15 +59,18 @@ def test_ratio_is_a_bound_when_a_crossing_is_not_bracketed():
     assert ratio(above, above)["value"] is None  # nothing known
 
 
-def test_emulated_evaluation_end_to_end(tmp_path):
+def tiny_run(tmp_path, duration: float) -> list[str]:
     tiers = tmp_path / "tiers.toml"
     tiers.write_text(TIERS)
-    out = tmp_path / "out"
-    argv = ["--policies", "fcfs,niyama", "--goodput", "fcfs=3", "--goodput", "niyama=3", "--rate-factors", "1",
-            "--duration", "4", "--tiers", str(tiers), "--drain-margin", "5", "--probe-gap", "0",
+    return ["--policies", "fcfs,niyama", "--goodput", "fcfs=3", "--goodput", "niyama=3", "--rate-factors", "1",
+            "--duration", str(duration), "--tiers", str(tiers), "--drain-margin", "5", "--probe-gap", "0",
             "--stress-requests", "40", "--stress-window", "0.5", "--stress-output-tokens", "24",
-            "--out", str(out)]  # fmt: skip
-    assert evaluate_emulated.main(argv) == 0
+            "--out", str(tmp_path / "out")]  # fmt: skip
+
+
+def test_emulated_evaluation_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    assert evaluate_emulated.main(tiny_run(tmp_path, 4)) == 0
 
     results = json.loads((out / "results.json").read_text())
     assert results["partial"] is False  # saved after each step as partial, then once more when done
@@ -90,3 +99,29 @@ def test_emulated_evaluation_end_to_end(tmp_path):
     assert "| fcfs | 3.000 (--goodput) | 3.000 | > 3.00 | > 3.00 |" in summary
     assert "stress (niyama: 40 x 24 tokens in 0.5 s)" in summary
     assert results["config"]["command"].startswith("niyama bench emulated --policies fcfs,niyama")
+
+
+def test_sigterm_mid_probe_stops_every_server(tmp_path, processes):
+    marker = uuid.uuid4().hex  # inherited by every server the command starts
+    log = tmp_path / "command.log"
+    with log.open("w") as sink:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "niyama.router.cli", "bench", "emulated", *tiny_run(tmp_path, 60)],
+            env={**os.environ, "NIYAMA_EMULATED_TEST": marker}, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "step 1" not in log.read_text():
+            assert bench.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        servers = [pid for pid in processes.marked("NIYAMA_EMULATED_TEST", marker) if pid != bench.pid]
+        assert len(servers) >= 2, servers  # two servers (and their workers) are running
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(60) == 128 + signal.SIGTERM
+        left = processes.end(processes.marked("NIYAMA_EMULATED_TEST", marker), grace=2.0)
+        assert not left, "left running:\n" + "\n".join(left)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait(10)
