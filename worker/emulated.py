@@ -78,8 +78,16 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+MAX_LATE = 0.25  # seconds of oversleep made up at most: a long host stall is not paid back as a burst
+
+
 class EmulatedWorker:
-    """The engine's `Worker` for an emulated device: sleeps each step's truth time, returns filler or EOS."""
+    """The engine's `Worker` for an emulated device: sleeps each step's truth time, returns filler or EOS.
+
+    A busy host wakes a sleeping process late; the device would not have
+    been late, so the next steps sleep that much less (up to ``MAX_LATE``)
+    and the emulated device keeps the truth's pace on average.
+    """
 
     def __init__(
         self, step_time: StepTime, vocabulary: Vocabulary, outputs: tuple[int, ...], seed: int = 0,
@@ -93,6 +101,7 @@ class EmulatedWorker:
         self.eos = min(vocabulary.eos_token_ids, default=None)
         self._ends: dict[str, int] = {}  # request id -> the output length drawn for it
         self._made: dict[str, int] = {}  # request id -> tokens it has produced
+        self._late = 0.0  # seconds the host has overslept so far, not yet made up
 
     def output_length(self, request_id: str) -> int:
         """The length drawn for a request: the same for the same id and seed in every run (ids are req-N in order)."""
@@ -112,10 +121,12 @@ class EmulatedWorker:
         shape = plan.shape
         seconds = self.step_time(shape.prefill_tokens, shape.decode_tokens, shape.decode_context, shape.prefill_context)
         tokens = tuple(SampledToken(c.request_id, self._next(c.request_id), 0.0) for c in plan.chunks if c.sample)
-        remaining = started + seconds - time.perf_counter()
+        remaining = started + seconds - self._late - time.perf_counter()
         if remaining > 0:
             self.sleep(remaining)
-        return StepResult(tokens, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._late = min(MAX_LATE, max(0.0, self._late + elapsed - seconds))
+        return StepResult(tokens, elapsed)
 
     def _next(self, request_id: str) -> int:
         made = self._made.get(request_id)
