@@ -37,12 +37,12 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from niyama.qos.arrivals import ArrivalProcess
 from niyama.qos.config import load_tier_config
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import RatePhase
 
 from .apis import APIS
-from .arrivals import ArrivalProcess
 from .client import Target, new_session
 from .endpoint import max_total_tokens, server_tokenize
 from .evaluate_report import write_report

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from niyama.engine.capacity import Probe
+from niyama.qos.arrivals import ArrivalProcess
 from niyama.qos.config import TierConfig
 from niyama.qos.traces import Trace
 from niyama.qos.workload import RatePhase
 
 from .accounting import summarize
-from .arrivals import ArrivalProcess
 from .client import Record, Target
 from .goodput import miss_budget
 from .prompt_text import PromptBuilder

@@ -18,13 +18,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from niyama.qos.arrivals import PROCESSES
 from niyama.qos.config import BUILTIN_CONFIGS, resolve_tier_config
 from niyama.qos.errors import QosConfigError, TraceError
 from niyama.qos.traces import BUILTIN_TRACES, load_trace
 from niyama.qos.workload import RatePhase, parse_mix, parse_rate_schedule
 
 from .apis import APIS
-from .arrivals import PROCESSES
 from .client import Target, new_session
 from .endpoint import BenchError, check_reachable, max_total_tokens, openai_model, preflight, server_tokenize
 from .goodput import GoodputSearch

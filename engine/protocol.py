@@ -10,6 +10,7 @@ simulator use these types without loading a model library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,9 @@ class SamplingParams:
         """As in TGI, any warper turns sampling on."""
         return self.do_sample or self.has_warpers
 
+
+# A device's time for a step of this shape: (prefill tokens, decodes, decode context, prefill context) -> seconds.
+StepTime = Callable[[int, int, int, int], float]
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # `--dtype` besides "auto"
 # An emulated device's KV cache unless --kv-tokens says: an A100-80GB serving Llama-3-8B in bf16 (docs/serving.md).

@@ -7,10 +7,10 @@ engine loop drives a real worker. The worker's time is the device's truth
 (`engine/truth.py`: the latency model with the run's noise and bias, seeded
 per replica); each scheduler's predictor starts from the nominal model and
 corrects itself online from those times, so with noise or bias the
-scheduler plans on predictions that are wrong as they are on a real device. A request is routed the moment it arrives
-(``routing``: the front router's policy, the same code the server runs) and
-queued on the chosen replica, whatever that replica is doing; an idle replica
-starts a step at once. SLOs are counted with the same O(1) tracker the
+scheduler plans on predictions that are wrong as they are on a real device.
+A request is routed the moment it arrives (``routing``: the front router's
+policy, the same code the server runs) and queued on the chosen replica,
+whatever that replica is doing; an idle replica starts a step at once. SLOs are counted with the same O(1) tracker the
 server's metrics use.
 """
 

@@ -11,13 +11,9 @@ worker of the router benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from niyama.qos.plan import Plan, SampledToken, StepResult
 
-from .protocol import SamplingParams
-
-StepTime = Callable[[int, int, int, int], float]  # (prefill, decodes, decode context, prefill context) -> seconds
+from .protocol import SamplingParams, StepTime
 
 
 class VirtualClock:

@@ -8,9 +8,9 @@ import statistics
 import pytest
 from bench_fake import whitespace_spans
 
-from niyama.bench.arrivals import ArrivalProcess, arrivals
 from niyama.bench.prompt_text import PromptBuilder
 from niyama.bench.workload import BenchRequest, LengthScaling, build_requests, merge, parse_scaling, sim_requests
+from niyama.qos.arrivals import ArrivalProcess, arrivals
 from niyama.qos.config import builtin_tier_config
 from niyama.qos.traces import Trace, load_trace
 from niyama.qos.workload import RatePhase, build_workload

@@ -35,6 +35,7 @@ from niyama.engine.protocol import (
     PlanError,
     SamplingParams,
     StepCall,
+    StepTime,
     WorkerConfig,
     WorkerInfo,
 )
@@ -48,7 +49,6 @@ FILLER = "The emulated device writes this filler text where a model would have w
 # What a built-in latency model stands for: its context and the dtype of its weights.
 REFERENCE_DEVICES = {"a100-llama3-8b": (8192, "bfloat16")}
 
-StepTime = Callable[[int, int, int, int], float]  # (prefill, decodes, decode context, prefill context) -> seconds
 
 
 @dataclass(frozen=True)
