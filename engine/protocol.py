@@ -17,6 +17,7 @@ from typing import Protocol
 from niyama.qos.options import TruthConfig
 from niyama.qos.plan import Plan, StepResult, by_fields
 
+from .grammar import GrammarSpec
 from .truth import TruthModel
 
 
@@ -35,6 +36,9 @@ class SamplingParams:
     seed: int | None = None
     top_n_tokens: int = 0
     prompt_logprobs: bool = False
+    grammar: GrammarSpec | None = None  # structured output: only tokens the grammar allows are sampled
+    watermark: bool = False  # TGI's greenlist watermark
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's logit_bias: (token id, bias added to its logit)
 
     @property
     def has_warpers(self) -> bool:
