@@ -5,12 +5,15 @@ The runner holds each request's tokens and sampler (registered once with
 positions of which requests to compute and which blocks back them; the
 runner checks it against what it holds, lays the step out as one ragged
 sequence, runs the model with the paged attention function, and samples a
-token for every chunk that ends a request's known tokens.
+token for every chunk that ends a request's known tokens. A constrained
+request's row is masked by its grammar first (`grammar.py`), the mask
+computed on the grammar thread while the forward pass runs.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 import torch
 
@@ -18,6 +21,7 @@ from niyama.engine.protocol import PlanError, SamplingParams, SequenceError, che
 from niyama.qos.plan import Plan, SampledToken, StepResult
 
 from .attention import ATTENTION_NAME
+from .grammar import GrammarEngine
 from .kv_cache import KVCacheSpec, PagedKVCache
 from .layout import StepLayout, lay_out
 from .loading import LoadedModel
@@ -37,6 +41,15 @@ class ModelRunner:
         self._devices = sorted({d for d in (self.device, *cache_spec.layer_devices) if d.type == "cuda"}, key=str)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.sequences: dict[str, Sequence] = {}
+        self._grammar: GrammarEngine | None = None  # built on the first constrained request
+
+    @property
+    def grammar(self) -> GrammarEngine:
+        if self._grammar is None:
+            if self.loaded.tokenizer is None:
+                raise SequenceError("this worker has no tokenizer, so it cannot follow a grammar")
+            self._grammar = GrammarEngine(self.loaded.tokenizer, self.vocab_size, self.loaded.eos_token_ids)
+        return self._grammar
 
     def add_sequence(self, request_id: str, prompt_ids: list[int] | tuple[int, ...], params: SamplingParams) -> None:
         """Register a request before it appears in a plan."""
@@ -45,7 +58,10 @@ class ModelRunner:
         check_prompt(prompt_ids, self.loaded.max_context, self.vocab_size)
         sampler = RequestSampler(params, self.device)
         logprobs = [None] if params.prompt_logprobs else None
-        self.sequences[request_id] = Sequence(request_id, list(prompt_ids), len(prompt_ids), sampler, logprobs)
+        matcher = self.grammar.matcher(params.grammar) if params.grammar is not None else None
+        self.sequences[request_id] = Sequence(
+            request_id, list(prompt_ids), len(prompt_ids), sampler, logprobs, matcher=matcher
+        )
 
     def remove_sequence(self, request_id: str) -> None:
         self.sequences.pop(request_id, None)
@@ -56,6 +72,8 @@ class ModelRunner:
             return StepResult((), 0.0)
         self._check(plan)
         layout = lay_out(plan, self.sequences, self.cache)
+        seqs = [self.sequences[chunk.request_id] for chunk in layout.sampling_chunks]
+        masks = self._grammar.start([seq.matcher for seq in seqs]) if self._grammar is not None else None
         with torch.inference_mode():
             logits = self.model(
                 input_ids=layout.input_ids,
@@ -64,7 +82,7 @@ class ModelRunner:
                 logits_to_keep=layout.logit_rows,
                 niyama_step=layout.attention,
             ).logits[0]
-            tokens = self._sample(layout, logits)
+            tokens = self._sample(layout, logits, seqs, masks)
         for device in self._devices:
             torch.cuda.synchronize(device)
         return StepResult(tuple(tokens), time.perf_counter() - started)
@@ -94,7 +112,9 @@ class ModelRunner:
             if any(not 0 <= block < num_blocks for block in table):
                 raise PlanError(f"request {rid!r} has a block id outside the cache's {num_blocks} blocks")
 
-    def _sample(self, layout: StepLayout, logits: torch.Tensor) -> list[SampledToken]:
+    def _sample(
+        self, layout: StepLayout, logits: torch.Tensor, seqs: list[Sequence], masks: Future[torch.Tensor] | None
+    ) -> list[SampledToken]:
         for rows in layout.prompt_rows:
             seq = self.sequences[rows.request_id]
             logprobs = full_precision(logits[rows.first : rows.first + rows.count]).log_softmax(dim=-1)
@@ -102,11 +122,15 @@ class ModelRunner:
                 seq.token_ids[rows.position + 1 : rows.position + 1 + rows.count], device=logits.device
             )
             seq.prompt_logprobs.extend(logprobs.gather(1, targets.unsqueeze(1))[:, 0].tolist())
-        seqs = [self.sequences[chunk.request_id] for chunk in layout.sampling_chunks]
-        choices = choose(logits[layout.sample_rows], [seq.sampler for seq in seqs], [seq.token_ids for seq in seqs])
+        scores = logits[layout.sample_rows]
+        if masks is not None:
+            scores = self.grammar.apply(masks, scores)
+        choices = choose(scores, [seq.sampler for seq in seqs], [seq.token_ids for seq in seqs])
         tokens = []
         for seq, choice in zip(seqs, choices):
             seq.token_ids.append(choice.token_id)
+            if seq.matcher is not None:
+                seq.matcher.consume_token(choice.token_id)  # one it refuses fails the matcher: only EOS follows
             prompt = None
             if seq.prompt_logprobs is not None and not seq.delivered_prompt_logprobs:
                 prompt, seq.delivered_prompt_logprobs = tuple(seq.prompt_logprobs), True

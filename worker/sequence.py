@@ -1,4 +1,4 @@
-"""What the worker keeps per request: its tokens, its sampler, its prompt logprobs."""
+"""What the worker keeps per request: its tokens, its sampler, its prompt logprobs, its grammar's matcher."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ class Sequence:
     # precedes it); None when the request did not ask for them.
     prompt_logprobs: list[float | None] | None = None
     delivered_prompt_logprobs: bool = False
+    # The request's grammar state (an llguidance matcher, worker/grammar.py), fed every sampled token;
+    # None when unconstrained. It lives as long as the Sequence, so a preempted request keeps it.
+    matcher: object | None = None
 
     @property
     def next_prompt_logprob(self) -> int | None:
