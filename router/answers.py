@@ -21,7 +21,7 @@ from niyama.engine.api import GenerationHandle
 from niyama.engine.generation import GenerationError
 
 from .errors import CLIENT_STALLED, INCOMPLETE, ApiError, as_event, generation_error
-from .inference import Admitted, Sequence
+from .inference import Admitted, Sequence, best_first
 from .intake import Intake, server
 from .streaming import KEEPALIVE, EventStreamResponse, TokenEvent, TokenPipeline, run_until_disconnect, token_batches
 from .validation import ValidRequest
@@ -124,7 +124,7 @@ async def complete_answer(request: Request, valids: list[ValidRequest], intake: 
     answers, first = [], 0
     for valid in valids:
         group = sequences[first : first + valid.best_of]  # type: ignore[index]
-        answers.append(sorted(group, key=lambda sequence: sequence.logprob, reverse=True))
+        answers.append(best_first(group))
         first += valid.best_of
     return answers
 

@@ -52,8 +52,14 @@ class Sequence:
         return len(self.events)
 
     @property
-    def logprob(self) -> float:
-        return sum(event.logprob for event in self.events)
+    def mean_logprob(self) -> float:
+        """The mean over generated tokens, as TGI's best_of ranks: a sum would favour short answers."""
+        return sum(event.logprob for event in self.events) / max(len(self.events), 1)
+
+
+def best_first(group: list[Sequence]) -> list[Sequence]:
+    """``group`` by mean logprob, highest first; ties keep their order (TGI keeps the first maximum)."""
+    return sorted(group, key=lambda sequence: sequence.mean_logprob, reverse=True)
 
 
 @dataclass
