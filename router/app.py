@@ -18,18 +18,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from niyama.engine.replicas import ReplicaSet
 from niyama.qos.config import TierConfig
 
-from . import errors, info_routes, openai_routes, tgi_routes
+from . import errors, info_routes, openai_routes, tgi_routes, vertex
 from .inference import Inference
 from .limits import PayloadLimit
 from .loop_lag import LoopLagProbe
 from .metrics import Metrics
+from .openapi import ASSETS, ASSETS_PATH
 from .replica_metrics import ReplicaCollector
 from .settings import ServerSettings
 from .state import ServerState
@@ -58,6 +61,7 @@ ROUTES = [
     Route("/generate_stream", counted(tgi_routes.generate_stream), methods=["POST"]),
     Route("/tokenize", tgi_routes.tokenize, methods=["POST"]),
     Route("/invocations", tgi_routes.invocations, methods=["POST"]),
+    Route("/vertex", counted(vertex.vertex), methods=["POST"]),
     Route("/v1/chat/completions", counted(openai_routes.chat_completions), methods=["POST"]),
     Route("/v1/completions", counted(openai_routes.completions), methods=["POST"]),
     Route("/chat_tokenize", openai_routes.chat_tokenize, methods=["POST"]),
@@ -70,7 +74,11 @@ ROUTES = [
     Route("/metrics", info_routes.metrics, methods=["GET"]),
     Route("/api-doc/openapi.json", info_routes.openapi, methods=["GET"]),
     Route("/docs", info_routes.docs, methods=["GET"]),
+    Mount(ASSETS_PATH, StaticFiles(directory=ASSETS)),
 ]
+# TGI's CORS layer: these methods and headers, for the origins of --cors-allow-origin (default: any).
+CORS_METHODS = ("GET", "POST")
+CORS_HEADERS = ("content-type",)
 
 
 def create_app(
@@ -82,10 +90,14 @@ def create_app(
     shutdown_grace_seconds: float = 30.0,
     run_config: dict | None = None,
     emulated: dict | None = None,
+    cors_allow_origin: list[str] | None = None,
+    vertex_routes: vertex.VertexRoutes | None = None,
 ) -> Starlette:
     """The app around ``engine``, which it starts, observes (its metrics) and stops.
 
     ``emulated``: the emulated device it serves on (`niyama serve --emulate`), as /info reports it.
+    ``cors_allow_origin``: the origins a browser may call from (None or empty: any, as TGI).
+    ``vertex_routes``: Vertex AI's own prediction and health paths (`AIP_PREDICT_ROUTE`, `AIP_HEALTH_ROUTE`).
     """
     metrics = Metrics(tiers, settings.max_input_tokens, settings.max_total_tokens)
     engine.observer = metrics
@@ -112,8 +124,13 @@ def create_app(
             await lag.stop()
             await engine.close()
 
-    limits = [Middleware(PayloadLimit, limit=settings.payload_limit)]
-    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=limits)
+    middleware = [
+        Middleware(CORSMiddleware, allow_origins=cors_allow_origin or ["*"], allow_methods=CORS_METHODS,
+                   allow_headers=CORS_HEADERS),
+        Middleware(PayloadLimit, limit=settings.payload_limit),
+    ]  # fmt: skip
+    routes = ROUTES + (vertex_routes or vertex.VertexRoutes()).routes(counted(vertex.vertex), info_routes.health)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     errors.install(app)
     app.state.niyama = state
     app.state.begin_shutdown = begin_shutdown

