@@ -47,7 +47,8 @@ class StepShape:
 
     ``decode_context`` and ``prefill_context`` are the summed key/value
     lengths each chunk attends over (its end position), the attention cost
-    that the token counts alone do not capture.
+    that the token counts alone do not capture. ``constrained`` counts the
+    sampling rows a grammar masks (each costs a token mask, worker/grammar.py).
     """
 
     __reduce__ = by_fields
@@ -56,6 +57,7 @@ class StepShape:
     decode_tokens: int = 0
     decode_context: int = 0
     prefill_context: int = 0
+    constrained: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -1,7 +1,10 @@
 """Step latency prediction: a piecewise-linear model in the step's shape.
 
 ``seconds = c0 + cT*T + cP*P + cD*D + cCd*Cd + cCp*Cp`` per segment of total
-tokens T, as in the reference model (REFERENCE.md). The model comes from a
+tokens T, as in the reference model (REFERENCE.md), plus ``cG*G`` for the G
+sampling rows a grammar masks (one coefficient, measured by ``niyama profile``
+as ``seconds_per_constrained_row``; a profile without it, or a reference
+model, uses ``CONSTRAINED_ROW_SECONDS``). The model comes from a
 profile the worker measured (``niyama profile``) or from a built-in reference;
 ``observe`` then corrects it online with one multiplicative factor per
 segment (an exponential average of actual/predicted), so a profile taken on a
@@ -23,6 +26,9 @@ from .fitting import Sample, fit_piecewise
 from .plan import StepShape
 
 MIN_SECONDS = 1e-6
+# A grammar-masked sampling row's added step time, measured by `niyama profile` with the default model on a
+# 2-core CPU (docs/results/grammar.md): the default where a profile did not measure it.
+CONSTRAINED_ROW_SECONDS = 1e-4
 SAMPLE_FIELDS = ("prefill_tokens", "decode_tokens", "decode_context", "prefill_context", "seconds")
 
 
@@ -54,9 +60,11 @@ REFERENCE_MODELS: dict[str, PiecewiseModel] = {
 
 class LatencyPredictor:
     def __init__(
-        self, model: PiecewiseModel, name: str, correction_weight: float = 0.05, error_window: int = 256
-    ) -> None:
+        self, model: PiecewiseModel, name: str, correction_weight: float = 0.05, error_window: int = 256,
+        constrained_row_seconds: float = CONSTRAINED_ROW_SECONDS,
+    ) -> None:  # fmt: skip
         self.model = model
+        self.constrained_row_seconds = constrained_row_seconds
         self.name = name
         self.correction_weight = correction_weight
         self._factors = [1.0] * len(model.segments)
@@ -84,25 +92,31 @@ class LatencyPredictor:
             breakpoints, segments = fit_piecewise(samples)
         except ValueError as exc:
             raise ProfileError(f"{source}: {exc}") from None
-        label = data.get("model", label) if isinstance(data, dict) else label
-        return cls(PiecewiseModel(breakpoints, segments), f"{label} ({origin})")
+        label = data.get("model", label)
+        row = data.get("seconds_per_constrained_row", CONSTRAINED_ROW_SECONDS)
+        if isinstance(row, bool) or not isinstance(row, (int, float)) or not 0 <= row < math.inf:
+            raise ProfileError(f"{source}: seconds_per_constrained_row: expected a non-negative number, got {row!r}")
+        return cls(PiecewiseModel(breakpoints, segments), f"{label} ({origin})", constrained_row_seconds=row)
 
     @classmethod
     def load(cls, spec: str) -> LatencyPredictor:
         """A reference model name, or a path to a profile JSON."""
         return cls.reference(spec) if spec in REFERENCE_MODELS else cls.from_profile(spec)
 
-    def predict_parts(self, prefill: int, decode: int, decode_context: int, prefill_context: int) -> float:
+    def predict_parts(
+        self, prefill: int, decode: int, decode_context: int, prefill_context: int, constrained: int = 0
+    ) -> float:
         """Seconds for a step of this shape; the hot path, without building a StepShape."""
         total = prefill + decode
         index = self.model.segment(total)
         c0, ct, cp, cd, ccd, ccp = self.model.segments[index]
         raw = c0 + ct * total + cp * prefill + cd * decode + ccd * decode_context + ccp * prefill_context
+        raw += self.constrained_row_seconds * constrained
         return max(MIN_SECONDS, raw * self._factors[index])
 
     def predict(self, shape: StepShape) -> float:
         return self.predict_parts(
-            shape.prefill_tokens, shape.decode_tokens, shape.decode_context, shape.prefill_context
+            shape.prefill_tokens, shape.decode_tokens, shape.decode_context, shape.prefill_context, shape.constrained
         )
 
     def observe(self, shape: StepShape, seconds: float) -> None:

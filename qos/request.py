@@ -23,3 +23,11 @@ class Request:
     prompt_len: int
     max_new_tokens: int
     targets: SloTargets | None = None
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a grammar masks each of its tokens, a per-token cost the step-time prediction counts.
+
+        A property, not a field: only the engine's requests (`engine.request.GenerationRequest`) can say yes.
+        """
+        return False

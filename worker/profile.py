@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from niyama.engine.protocol import GrammarSpec
 from niyama.qos.kv_blocks import blocks_for
 from niyama.qos.plan import Chunk, Plan, StepShape
 
@@ -45,6 +46,13 @@ class ProfileGrid:
     repeats: int
     name: str = "custom"
 
+
+# What a profile masks its constrained decodes with: a tool call's arguments, a typical structured output.
+PROFILE_GRAMMAR = GrammarSpec("json", json.dumps({
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]},
+                                     "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+    "required": ["city", "unit", "days"],
+}))  # fmt: skip
 
 # Quick: under three minutes on a 2-core CPU with the default model.
 QUICK = ProfileGrid((0, 16, 64, 256, 512, 1024), (0, 1, 8, 32), (256, 2048), repeats=2, name="quick")
@@ -91,6 +99,28 @@ def time_step(runner: ModelRunner, prefill: int, decodes: int, context: int, rep
     return plan.shape, statistics.median(seconds)
 
 
+def decode_seconds(runner: ModelRunner, params: SamplingParams, decodes: int, context: int, steps: int) -> float:
+    """Median seconds of ``steps`` consecutive decode steps of ``decodes`` requests, each choosing with ``params``."""
+    table = tuple(range(blocks_for(context + steps, runner.spec.block_size)))
+    rids = [f"g{i}" for i in range(decodes)]
+    for rid in rids:
+        runner.add_sequence(rid, [(7 * i + 11) % runner.vocab_size for i in range(context)], params)
+    seconds = []
+    for step in range(steps):
+        chunks = tuple(Chunk(rid, context + step - 1, 1, True, True) for rid in rids)
+        seconds.append(runner.execute(Plan(chunks, dict.fromkeys(rids, table), shape=StepShape.of(chunks))).seconds)
+    for rid in rids:
+        runner.remove_sequence(rid)
+    return statistics.median(seconds)
+
+
+def constrained_row_seconds(runner: ModelRunner, decodes: int = 8, context: int = 128, steps: int = 24) -> float:
+    """A grammar-masked row's added step time: the same decodes with and without `PROFILE_GRAMMAR`, per row."""
+    plain = decode_seconds(runner, SamplingParams(), decodes, context, steps)
+    masked = decode_seconds(runner, SamplingParams(grammar=PROFILE_GRAMMAR), decodes, context, steps)
+    return max(0.0, (masked - plain) / decodes)
+
+
 def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -> dict:
     points = shapes(grid, loaded.max_context)
     longest = max(max(p, c) for p, _, c in points)
@@ -112,6 +142,9 @@ def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -
                 "seconds": seconds,
             }
         )
+    extra = {}
+    if loaded.tokenizer is not None and min(grid.contexts) + 32 < loaded.max_context:
+        extra["seconds_per_constrained_row"] = constrained_row_seconds(runner, context=min(grid.contexts))
     return {
         "model": loaded.model_id,
         "device": device_name(loaded.device),
@@ -119,6 +152,7 @@ def run_profile(loaded: LoadedModel, grid: ProfileGrid, progress: bool = True) -
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "grid": grid.name,
         "samples": samples,
+        **extra,
     }
 
 
