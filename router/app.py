@@ -74,7 +74,6 @@ ROUTES = [
     Route("/metrics", info_routes.metrics, methods=["GET"]),
     Route("/api-doc/openapi.json", info_routes.openapi, methods=["GET"]),
     Route("/docs", info_routes.docs, methods=["GET"]),
-    Mount(ASSETS_PATH, StaticFiles(directory=ASSETS)),
 ]
 # TGI's CORS layer: these methods and headers, for the origins of --cors-allow-origin (default: any).
 CORS_METHODS = ("GET", "POST")
@@ -129,7 +128,8 @@ def create_app(
                    allow_headers=CORS_HEADERS),
         Middleware(PayloadLimit, limit=settings.payload_limit),
     ]  # fmt: skip
-    routes = ROUTES + (vertex_routes or vertex.VertexRoutes()).routes(counted(vertex.vertex), info_routes.health)
+    routes = [*ROUTES, Mount(ASSETS_PATH, StaticFiles(directory=ASSETS))]  # /docs' assets
+    routes += (vertex_routes or vertex.VertexRoutes()).routes(counted(vertex.vertex), info_routes.health)
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     errors.install(app)
     app.state.niyama = state
