@@ -1,6 +1,7 @@
 """Token choice with TGI's parameters, one independent random stream per request.
 
-The order follows TGI's `NextTokenChooser`: penalties on the raw logits, then
+The order follows TGI's `NextTokenChooser`: `logit_bias` and the watermark on
+the raw logits (`processors`), then penalties, then
 the warpers (temperature, top-k, top-p, typical-p), and the reported logprob
 is taken from the processed distribution. As in TGI, any warper turns
 sampling on. Each sampling request owns a `torch.Generator` seeded from its
@@ -24,6 +25,8 @@ from transformers.generation.logits_process import (
 
 from niyama.engine.protocol import SamplingParams
 from niyama.qos.plan import TokenLogprob
+
+from .processors import shifts
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -98,7 +101,7 @@ class RequestSampler:
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
-        self.processors = penalties(params) + warpers(params)
+        self.processors = shifts(params, device) + penalties(params) + warpers(params)
         self.generator: torch.Generator | None = None
         if params.samples:
             self.generator = torch.Generator(device=device)
