@@ -31,7 +31,13 @@ class GenerationRequest(Request):
     ) -> GenerationRequest:  # fmt: skip
         """A request not yet submitted (no id, no arrival: the engine sets both)."""
         prompt = tuple(prompt_ids)
+        # A grammar wins over ignore_eos: once its document is complete EOS is the only token it allows.
+        ignore_eos = ignore_eos and params.grammar is None
         return cls("", tier, 0.0, len(prompt), max_new_tokens, targets, prompt, params, ignore_eos)
+
+    @property
+    def constrained(self) -> bool:
+        return self.params.grammar is not None
 
     def submitted(self, request_id: str, arrival: float) -> GenerationRequest:
         return replace(self, id=request_id, arrival=arrival)

@@ -183,7 +183,7 @@ class Scheduler:
         chunks: list[Chunk] = []
         states = list(self._decoding.values())
         tables: dict[str, tuple[int, ...]] = {}
-        decode_context = 0
+        decode_context = constrained = 0
         earliest = math.inf
         for state in states:
             start = state.computed
@@ -192,6 +192,7 @@ class Scheduler:
             chunks.append(Chunk(state.id, start, 1, True, True))
             tables[state.id] = state.table
             decode_context += start + 1
+            constrained += state.request.constrained
             # Every interactive decode bounds the step, relegated ones too: a request that
             # missed its first token should not stutter as well (this cost no goodput).
             if state.interactive:
@@ -226,13 +227,15 @@ class Scheduler:
                 if state.phase is QUEUED:
                     self._admit(state)
                 chunks.append(Chunk(state.id, start, take, end == state.known, False))
+                constrained += end == state.known and state.request.constrained
                 states.append(state)
                 tables[state.id] = state.table
                 prefill += take
                 prefill_context += end
                 budget -= take
             saturated = budget <= 0
-        return chunks, states, tables, StepShape(prefill, decodes, decode_context, prefill_context), saturated
+        shape = StepShape(prefill, decodes, decode_context, prefill_context, constrained)
+        return chunks, states, tables, shape, saturated
 
     def _serving_order(self, now: float, step_tokens: int) -> Iterator[RequestState]:
         """Partial prefills and queued requests, not relegated, in the order they would be served.
