@@ -99,6 +99,8 @@ class WorkerConfig:
     threads: int | None = None  # torch CPU threads (replicas on one host split its cores)
     gpus: int = 1  # more than 1: the model is spread over that many GPUs of the host
     emulation: Emulation | None = None  # set: no model is loaded, `model_id` only names the tokenizer
+    revision: str | None = None  # of a hub model: branch, tag or commit (None: main)
+    trust_remote_code: bool = False  # run a hub model's own modelling code
 
 
 @dataclass(frozen=True)

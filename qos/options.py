@@ -71,6 +71,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "policy.name": ("--policy",),
     **{f"policy.{knob}": ("--" + knob.replace("_", "-"),) for knob in KNOBS},
 }
+FLAGS["policy.max_running"] += ("--max-batch-size",)  # TGI's name
 _DEST = {key: key.split(".")[-1] if key != "policy.name" else "policy" for key in FLAGS}
 _METAVARS = {"ordering": "arrival|deadline", "chunk_sizes": "N,N,...", "max_running": "N|none"}
 _PATHS = {"tiers": BUILTIN_CONFIGS, "latency_model": REFERENCE_MODELS}  # a built-in name, else a path

@@ -77,10 +77,10 @@ def test_missing_paths_say_where_they_looked(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_a_hub_id_not_in_the_cache_is_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+def test_offline_a_hub_id_not_in_the_cache_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelLoadError, match=f"nor in the Hugging Face cache at {tmp_path}; niyama never downloads"):
+    with pytest.raises(ModelLoadError, match=f"nor in the Hugging Face cache at {tmp_path}, and HF_HUB_OFFLINE is set"):
         load_model("some-org/some-model")
 
 

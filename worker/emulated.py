@@ -151,7 +151,7 @@ class EmulatedHost:
         emulation = config.emulation
         if emulation is None:
             raise ValueError("an emulated worker needs WorkerConfig.emulation")
-        model_id, folder = resolve_checkpoint(config.model_id)
+        model_id, folder = resolve_checkpoint(config.model_id, config.revision)
         vocabulary = Vocabulary.read(folder)
         context, dtype = REFERENCE_DEVICES.get(emulation.latency_model) or _profiled(emulation, vocabulary)
         kv_tokens = config.kv_cache_tokens or EMULATED_KV_TOKENS

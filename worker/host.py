@@ -37,7 +37,10 @@ class WorkerHost:
     def load(cls, config: WorkerConfig) -> WorkerHost:
         if config.threads:
             torch.set_num_threads(config.threads)
-        loaded = load_model(config.model_id, device=config.device, dtype=config.dtype, gpus=config.gpus)
+        loaded = load_model(
+            config.model_id, device=config.device, dtype=config.dtype, gpus=config.gpus, revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
+        )
         spec = size_cache(
             loaded.model.config, loaded.dtype, loaded.device, block_size=config.block_size,
             kv_cache_tokens=config.kv_cache_tokens, layer_devices=loaded.layer_devices,
