@@ -79,6 +79,11 @@ class OpenAIFormatter:
         }
         return sse(orjson.dumps({**self._envelope("chat.completion.chunk"), "choices": [choice], "usage": None}))
 
+    def delta_chunk(self, delta: dict, finish_reason: str | None = None) -> bytes:
+        """A chat chunk whose one choice carries ``delta`` as is (a tool call's pieces, `tool_format`)."""
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse(orjson.dumps({**self._envelope("chat.completion.chunk"), "choices": [choice], "usage": None}))
+
     def usage_chunk(self, kind: str, prompt_tokens: int, completion_tokens: int) -> bytes:
         return sse(
             orjson.dumps({**self._envelope(kind), "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

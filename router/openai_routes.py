@@ -21,15 +21,20 @@ from .errors import ApiError, json_response, validation_error
 from .inference import Sequence
 from .intake import Intake, parse, read_json, server, take
 from .openai_format import DONE, OpenAIFormatter
-from .schemas import ChatMessage, ChatRequest, CompletionRequest, GenerateParameters, OpenAIRequest
+from .schemas import ChatMessage, ChatRequest, CompletionRequest, GenerateParameters, Grammar, OpenAIRequest
 from .state import ServerState
+from .structured import response_format_grammar
+from .tool_answers import start_tool_stream, tool_call_completion
+from .tools import ToolUse, chat_grammar, next_tool_call_id, tool_calls_text, tool_use
 from .validation import ValidRequest, validate
 
 TGI_CLIENT_MODEL = "tgi"
 DEFAULT_MAX_TOKENS = 100  # TGI's default for both routes
 
 
-def _parameters(body: OpenAIRequest, max_tokens: int | None, top_n_tokens: int | None = None) -> GenerateParameters:
+def _parameters(
+    body: OpenAIRequest, max_tokens: int | None, top_n_tokens: int | None = None, grammar: Grammar | None = None
+) -> GenerateParameters:
     if body.n not in (None, 1):
         raise validation_error("`n` != 1 is not supported")
     greedy = body.temperature == 0.0
@@ -45,10 +50,13 @@ def _parameters(body: OpenAIRequest, max_tokens: int | None, top_n_tokens: int |
         details=True,
         top_n_tokens=top_n_tokens,
         ignore_eos=body.ignore_eos,
+        grammar=grammar,
     )
 
 
 def _message_text(message: ChatMessage) -> str:
+    if message.content is None and message.tool_calls:
+        return tool_calls_text(message.tool_calls)
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
     parts = []
@@ -59,45 +67,67 @@ def _message_text(message: ChatMessage) -> str:
     return "".join(parts)
 
 
-def chat_prompt(body: ChatRequest, state: ServerState) -> str:
-    if body.response_format is not None:
-        raise validation_error("grammar is not supported")
-    if body.tools and body.tool_choice != "none":
-        raise validation_error("tool calls are not supported (they need grammar support)")
+def chat_prompt(body: ChatRequest, state: ServerState, tools: ToolUse | None) -> str:
     messages = [{"role": message.role, "content": _message_text(message)} for message in body.messages]
-    return state.tokenizer.chat_prompt(messages)
+    if tools is None:
+        return state.tokenizer.chat_prompt(messages)
+    reads_tools = state.tokenizer.template_reads_tools
+    messages[-1]["content"] += tools.appended_text(reads_tools)
+    return state.tokenizer.chat_prompt(messages, tools.template_tools() if reads_tools else None)
 
 
-def _validate_chat(body: ChatRequest, state: ServerState) -> ValidRequest:
-    prompt = chat_prompt(body, state)
+def validate_chat(body: ChatRequest, state: ServerState, structured: bool) -> tuple[ValidRequest, ToolUse | None]:
+    """The request as `/generate` would run it; ``structured`` false: without its tools and response_format."""
+    tools = tool_use(body) if structured else None
+    grammar = chat_grammar(body, tools) if structured else None
+    prompt = chat_prompt(body, state, tools)
     top_n = body.top_logprobs if body.logprobs else None
-    parameters = _parameters(body, body.max_completion_tokens or body.max_tokens, top_n)
-    return validate(
+    parameters = _parameters(body, body.max_completion_tokens or body.max_tokens, top_n, grammar)
+    valid = validate(
         prompt, parameters, state.tokenizer, state.settings, add_special_tokens=False,
         presence_penalty=body.presence_penalty,
     )  # fmt: skip
+    return valid, tools
 
 
 async def chat_completions(request: Request) -> Response:
-    state = server(request)
     body, intake = await take(request, ChatRequest)
-    valid = _validate_chat(body, state)
+    return await _chat(request, body, intake, structured=True)
+
+
+async def _chat(request: Request, body: ChatRequest, intake: Intake, structured: bool) -> Response:
+    """The chat answer; a model that answers `no_tool` is asked again, unstructured (TGI's way)."""
+    state = server(request)
+    valid, tools = validate_chat(body, state, structured)
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer,
                                 bool(body.logprobs))  # fmt: skip
+    call_id = next_tool_call_id(body)
     if not body.stream:
         (sequences,) = await complete_answer(request, [valid], intake)
-        return _json(state, intake, valid, sequences[0], formatter.chat_completion(sequences[0], valid.input_length))
+        payload = formatter.chat_completion(sequences[0], valid.input_length)
+        if tools is not None:
+            payload = tool_call_completion(payload, sequences[0], call_id)
+            if payload is None:
+                return await _chat(request, body, intake, structured=False)
+        return _json(state, intake, valid, sequences[0], payload)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     send_done = body.model != TGI_CLIENT_MODEL
     admitted = await state.inference.start_admitted(intake.caller, [valid], intake.tier, intake.targets)
     ((generation, pipeline),) = admitted.started
+    run, finish = Run(generation, pipeline, formatter.chat_chunks), None
+    if tools is not None:
+        tool_stream = await start_tool_stream(request, admitted, formatter, call_id)
+        if tool_stream is None:
+            return await _chat(request, body, intake, structured=False)
+        run, finish = tool_stream.run, tool_stream.chunks.finish
 
     def tail() -> bytes:
         usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, pipeline.count)
-        return (usage if include_usage else b"") + (DONE if send_done else b"")
+        last = finish(pipeline.finish_reason) if finish is not None else b""
+        return last + (usage if include_usage else b"") + (DONE if send_done else b"")
 
     return stream_answer(
-        request, [Run(generation, pipeline, formatter.chat_chunks)], admitted,
+        request, [run], admitted,
         stream_headers(intake, len(valid.inputs), state.settings.compute_type),
         lambda: state.inference.record_success(intake.started, valid, generation, pipeline.count), tail,
     )  # fmt: skip
@@ -117,7 +147,7 @@ async def completions(request: Request) -> Response:
             f"Number of prompts exceeds the maximum allowed batch size of {state.settings.max_client_batch_size}",
             "batch size exceeded",
         )
-    parameters = _parameters(body, body.max_tokens)
+    parameters = _parameters(body, body.max_tokens, grammar=response_format_grammar(body.response_format))
     valids = [
         validate(prompt, parameters, state.tokenizer, state.settings, presence_penalty=body.presence_penalty)
         for prompt in prompts
@@ -158,7 +188,7 @@ async def chat_tokenize(request: Request) -> Response:
     state = server(request)
     authenticate(request.headers, state.settings, state.tiers)
     body = parse(ChatRequest, await read_json(request))
-    prompt = chat_prompt(body, state)
+    prompt = chat_prompt(body, state, tool_use(body))
     tokens = state.tokenizer.tokenize(prompt, add_special_tokens=False)
     return json_response({
         "tokenize_response": [{"id": t.id, "text": t.text, "start": t.start, "stop": t.stop} for t in tokens],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 U64_MAX = 2**64 - 1
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
@@ -36,8 +36,50 @@ class QosRequest(Body):
 
 
 class Grammar(Body):
+    """TGI's `grammar`: a JSON schema (`json`; `json_object` is TGI's alias), `{"name", "schema"}` (`json_schema`)
+    or a regular expression (`regex`)."""
+
     type: Literal["json", "json_object", "regex", "json_schema"]
     value: Any = None
+
+
+class JsonSchemaFormat(Body):
+    """OpenAI's `response_format.json_schema`; `strict` is accepted: the schema is always enforced."""
+
+    name: str | None = None
+    description: str | None = None
+    schema_: Any = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Body):
+    """OpenAI's `response_format` (`text`, `json_object`, `json_schema`) or TGI's (`json`, `regex` with `value`)."""
+
+    type: Literal["text", "json_object", "json_schema", "json", "regex"]
+    json_schema: JsonSchemaFormat | None = None
+    value: Any = None
+
+
+class FunctionDefinition(Body):
+    name: str
+    description: str | None = None
+    parameters: Any = Field(None, validation_alias=AliasChoices("parameters", "arguments"))
+
+
+class Tool(Body):
+    type: str = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(Body):
+    name: str
+
+
+class ToolChoiceFunction(Body):
+    """`{"type": "function", "function": {"name": ...}}` (huggingface_hub leaves `type` out)."""
+
+    type: str | None = None
+    function: FunctionName
 
 
 class GenerateParameters(Body):
@@ -60,8 +102,10 @@ class GenerateParameters(Body):
     decoder_input_details: bool = False
     seed: int | None = Field(None, ge=0, le=U64_MAX)
     top_n_tokens: int | None = Field(None, ge=0)
-    grammar: Grammar | None = Field(None, description="not supported: a request with a grammar is refused (422)")
-    adapter_id: str | None = Field(None, description="accepted and ignored: no LoRA adapters are served")
+    grammar: Grammar | None = Field(None, description="constrain the output to a JSON schema or a regex")
+    adapter_id: str | None = Field(
+        None, description="null or the served model id: no LoRA adapters are served (others are a 422)"
+    )
     ignore_eos: bool = Field(False, description="extension: generate max_new_tokens tokens even past EOS")
 
     @field_validator("do_sample", "watermark", "details", "decoder_input_details", "ignore_eos", mode="before")
@@ -112,6 +156,8 @@ class ChatMessage(Body):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(Body):
@@ -154,15 +200,16 @@ class ChatRequest(OpenAIRequest):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0)
-    tools: list[Any] | None = Field(None, description="not supported: tool calls need grammar support")
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: str | ToolChoiceFunction | None = Field(None, description="auto (default), none, required, a name")
     tool_prompt: str | None = None
-    response_format: Any = Field(None, description="not supported: a request with one is refused (422)")
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(OpenAIRequest):
     prompt: str | list[str]
     suffix: str | None = Field(None, description="not supported (as in TGI)")
+    response_format: ResponseFormat | None = None
 
     @field_validator("prompt")
     @classmethod

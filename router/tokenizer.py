@@ -8,10 +8,11 @@ transformers (jinja), once per request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jinja2 import TemplateError
+from jinja2 import Environment, TemplateError, meta
 
 from .errors import TEMPLATE, ApiError
 
@@ -62,12 +63,23 @@ class TextTokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id in self.special_ids
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+    @functools.cached_property
+    def template_reads_tools(self) -> bool:
+        """Whether the chat template renders `tools` itself (else the router writes them into the prompt, as TGI)."""
+        template = getattr(self.hf, "chat_template", None)
+        if not isinstance(template, str):
+            return False
+        try:
+            return "tools" in meta.find_undeclared_variables(Environment().parse(template))
+        except TemplateError:
+            return False
+
+    def chat_prompt(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
         """The prompt text the model's chat template makes of ``messages``, ready for the assistant's turn."""
         if getattr(self.hf, "chat_template", None) is None:
             raise ApiError(422, "Template error: this model has no chat template", TEMPLATE)
         try:
-            return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.hf.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         except TemplateError as error:
             raise ApiError(422, f"Template error: {error}", TEMPLATE) from None
 

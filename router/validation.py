@@ -16,6 +16,7 @@ from niyama.engine.protocol import SamplingParams
 from .errors import validation_error
 from .schemas import GenerateParameters
 from .settings import ServerSettings
+from .structured import grammar_spec
 from .tokenizer import TextTokenizer
 
 # TGI's cap on a default (unset) max_new_tokens.
@@ -75,6 +76,8 @@ def validate(
     sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
     if best_of > 1 and not sampling:
         raise validation_error("you must use sampling when `best_of` is > 1")
+    if p.adapter_id not in (None, settings.model_id):  # TGI would run a LoRA adapter; refuse, never ignore
+        raise validation_error(f"`adapter_id` must be null or `{settings.model_id}`: no LoRA adapters are served")
     if p.temperature is not None and p.temperature <= 0:
         raise validation_error("`temperature` must be strictly positive")
     if p.repetition_penalty is not None and p.repetition_penalty <= 0:
@@ -122,8 +125,7 @@ def validate(
         raise validation_error(
             f"`inputs` must have less than {settings.max_input_tokens} tokens. Given: {input_length}"
         )
-    if p.grammar is not None:
-        raise validation_error("grammar is not supported")
+    grammar = grammar_spec(p.grammar) if p.grammar is not None else None
     if input_length == 0:  # text that tokenizes to nothing, or nothing left after truncation
         raise validation_error("`inputs` cannot be empty")
     params = SamplingParams(
@@ -139,6 +141,7 @@ def validate(
         seed=p.seed,
         top_n_tokens=top_n_tokens,
         prompt_logprobs=p.decoder_input_details,
+        grammar=grammar,
     )
     return ValidRequest(
         inputs=inputs,

@@ -32,7 +32,7 @@ from niyama.engine.generation import GenerationError
 from .answers import complete_answer
 from .errors import ApiError, json_response
 from .intake import server, take
-from .openai_routes import _validate_chat
+from .openai_routes import validate_chat
 from .schemas import Body, ChatRequest, GenerateParameters
 from .state import ServerState
 from .tgi_format import generated_text
@@ -70,7 +70,7 @@ async def vertex(request: Request) -> Response:
 
 def _valid(instance: GenerateInstance | ChatRequest, state: ServerState) -> ValidRequest:
     if isinstance(instance, ChatRequest):
-        return _validate_chat(instance, state, True)[0]  # with its tools and response_format, as TGI's
+        return validate_chat(instance, state, True)[0]  # with its tools and response_format, as TGI's
     given = instance.parameters or GenerateParameters()
     parameters = GenerateParameters(do_sample=True, max_new_tokens=given.max_new_tokens, seed=given.seed, details=True)
     return validate(instance.inputs, parameters, state.tokenizer, state.settings)

@@ -11,6 +11,7 @@ ordinary clients.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -49,12 +50,17 @@ def tiny_model():
 
 
 def tiny_parts(
-    kv_tokens: int = 8192, worker: Callable | None = None, eos: frozenset[int] = frozenset(), model=None
+    kv_tokens: int = 8192, worker: Callable | None = None, eos: frozenset[int] = frozenset(), model=None,
+    grammars: bool = False,
 ) -> ReplicaParts:
-    """A replica on ``model`` (default: the float32 tiny Llama), its runner in-process; ``worker`` wraps it."""
-    runner, allocator = make_runner(
-        tiny_loaded(model or tiny_model(), max_context=1024), kv_tokens=kv_tokens, block_size=16
-    )
+    """A replica on ``model`` (default: the float32 tiny Llama), its runner in-process; ``worker`` wraps it.
+
+    ``grammars``: the worker gets the real tokenizer and ``eos``, so it can follow a grammar (structured output).
+    """
+    loaded = tiny_loaded(model or tiny_model(), max_context=1024)
+    if grammars:
+        loaded = dataclasses.replace(loaded, tokenizer=real_tokenizer().hf, eos_token_ids=eos)
+    runner, allocator = make_runner(loaded, kv_tokens=kv_tokens, block_size=16)
     scheduler = make_scheduler(
         "niyama", builtin_tier_config("default"), allocator, LatencyPredictor.reference("a100-llama3-8b")
     )

@@ -51,8 +51,7 @@ PARAMETER_RULES = [
     ({"truncate": 513}, "`truncate` must be strictly positive and less than 512. Given: 513"),
     ({"max_new_tokens": 999},
      "`inputs` tokens + `max_new_tokens` must be <= 1000. Given: 2 `inputs` tokens and 999 `max_new_tokens`"),
-    ({"grammar": {"type": "json", "value": {"properties": {}}}}, "grammar is not supported"),
-    ({"grammar": {"type": "regex", "value": "a+"}}, "grammar is not supported"),
+    ({"adapter_id": "my-lora"}, "`adapter_id` must be null or `tiny-random-llama`: no LoRA adapters are served"),
 ]  # fmt: skip
 
 
@@ -113,10 +112,13 @@ def test_explicit_nulls_and_unknown_fields_are_accepted(server):
     assert response.status_code == 200, response.text
 
 
+def test_adapter_id_naming_the_served_model_is_the_base_model(server):
+    body = {"inputs": "Hi", "parameters": {"adapter_id": "tiny-random-llama", "max_new_tokens": 2}}
+    assert post(server, "/generate", body).status_code == 200
+
+
 def test_openai_route_rules(server):
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    assert_error(post(server, "/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}}), 422,
-                 "validation", PREFIX + "grammar is not supported")  # fmt: skip
     assert_error(post(server, "/v1/chat/completions", {**chat, "top_p": 1.0}), 422, "validation",
                  PREFIX + "`top_p` must be > 0.0 and < 1.0")  # fmt: skip
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
