@@ -20,12 +20,28 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
+from typing import IO
 
-from .protocol import WorkerConfig, WorkerInfo, WorkerLost, WorkerStartError
+from .protocol import LOG_NEWLINE, WorkerConfig, WorkerInfo, WorkerLost, WorkerStartError
 
 log = logging.getLogger("niyama.worker_process")
 
 STOP_SECONDS = 10.0  # a stopped worker that has not exited by then is killed
+
+
+def relay_logs(stream: IO[bytes], pid: int) -> None:
+    """Log each line a worker writes on stderr here, so the server's handlers format it (`WORKER_LOG_FORMAT`).
+
+    A line that is not a log record (a native library printing) is logged as a warning of this module.
+    """
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        level, _, rest = line.partition(" ")
+        name, record, message = rest.partition(": ")
+        number = logging.getLevelName(level)
+        if not (record and isinstance(number, int)):
+            name, number, message = log.name, logging.WARNING, line
+        logging.getLogger(name).log(number, "worker %d: %s", pid, message.replace(LOG_NEWLINE, "\n"))
 
 
 class WorkerProcess:
@@ -34,10 +50,12 @@ class WorkerProcess:
         module = "niyama.worker.emulated" if config.emulation is not None else "niyama.worker.host"
         env = {**os.environ, "NIYAMA_WORKER_LOG_LEVEL": logging.getLevelName(logging.getLogger().level)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env
-        )
+            [sys.executable, "-m", module, str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
         theirs.close()
         self.pid = self.process.pid
+        threading.Thread(target=relay_logs, args=(self.process.stderr, self.pid), daemon=True).start()
         self._connection = Connection(ours.detach())
         self._lock = threading.Lock()  # a step thread and a restart may call at once
         self._connection.send(config)

@@ -58,6 +58,12 @@ class SamplingParams:
 # A device's time for a step of this shape: (prefill tokens, decodes, decode context, prefill context) -> seconds.
 StepTime = Callable[[int, int, int, int], float]
 
+# A worker process writes each log record as one line on its stderr, `LEVEL logger: message`, each newline
+# of the message written as LOG_NEWLINE; the server logs every such line again through its own handlers, so a
+# worker's lines come out in the server's format (one JSON object each with --json-output).
+WORKER_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+LOG_NEWLINE = "\x1e"
+
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # `--dtype` besides "auto"
 # An emulated device's KV cache unless --kv-tokens says: an A100-80GB serving Llama-3-8B in bf16 (docs/serving.md).
 EMULATED_KV_TOKENS = 400_000

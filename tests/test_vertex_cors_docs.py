@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -169,5 +170,7 @@ def test_every_log_line_is_one_json_object_with_tgis_fields(served):
     assert all({"timestamp", "level", "message", "target"} <= set(record) for record in records)
     targets = {record["target"] for record in records}
     assert {"niyama.serve", "uvicorn.error", "uvicorn.access"} <= targets
+    loaded = next(r for r in records if r["target"] == "niyama.worker")  # the worker's lines, relayed
+    assert loaded["level"] == "INFO" and re.fullmatch(r"worker \d+: loaded .+ in [\d.]+ s", loaded["message"])
     ready = next(r for r in records if r["message"].startswith("ready in"))
     assert ready["level"] == "INFO" and ready["timestamp"].endswith("Z")

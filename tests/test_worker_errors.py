@@ -1,6 +1,8 @@
 """Bad input to the worker gets clear errors, and a refused plan leaves the worker usable."""
 
 import importlib.util
+import io
+import logging
 import random
 
 import pytest
@@ -8,6 +10,7 @@ from support import Job, make_runner, run_jobs, tiny_llama, tiny_loaded
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from niyama.engine.process import relay_logs
 from niyama.engine.protocol import PlanError, SamplingParams, SequenceError
 from niyama.qos.plan import Chunk, Plan
 from niyama.worker import loading
@@ -136,3 +139,18 @@ def test_a_hub_id_already_in_the_cache_loads_offline(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     loaded = load_model("some-org/tiny")
     assert loaded.path == snapshot and loaded.model.config.num_hidden_layers == 2
+
+
+def test_a_workers_stderr_is_logged_again_by_the_server_one_record_per_record(caplog):
+    stderr = io.BytesIO(
+        b"INFO niyama.worker: loaded m in 1.0 s\n"
+        b"ERROR niyama.worker: step failed\x1eTraceback (most recent call last):\x1e  boom\n"
+        b"a native library printing\n"
+    )
+    with caplog.at_level(logging.INFO):
+        relay_logs(stderr, 42)
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("niyama.worker", "INFO", "worker 42: loaded m in 1.0 s"),
+        ("niyama.worker", "ERROR", "worker 42: step failed\nTraceback (most recent call last):\n  boom"),
+        ("niyama.worker_process", "WARNING", "worker 42: a native library printing"),
+    ]

@@ -21,6 +21,8 @@ from multiprocessing.connection import Connection
 from typing import Protocol
 
 from niyama.engine.protocol import (
+    LOG_NEWLINE,
+    WORKER_LOG_FORMAT,
     PlanError,
     SequenceError,
     StepCall,
@@ -66,20 +68,34 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", LOG_NEWLINE)
+
+
+def _log_to_server() -> None:
+    """Every record, and Python's warnings, as one line each on stderr, where the server reads them."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter(WORKER_LOG_FORMAT))
+    logging.basicConfig(level=os.environ.get("NIYAMA_WORKER_LOG_LEVEL", "WARNING"), handlers=[handler])
+    logging.captureWarnings(True)
+
+
 def serve(fd: int, load: Callable[[WorkerConfig], Host]) -> int:
     """The worker process's life on socket ``fd``: load with the config it is sent, then answer calls."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server drains, then stops us
-    logging.basicConfig(level=os.environ.get("NIYAMA_WORKER_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s")  # fmt: skip
+    _log_to_server()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     connection = Connection(socket.socket(fileno=fd).detach())
     try:
         config = connection.recv()
+        began = time.monotonic()
         try:
             host = load(config)
         except Exception as error:  # noqa: BLE001 - reported to the server, which says why it cannot start
             connection.send((False, WorkerStartError(str(error))))
             return 1
+        log.info("loaded %s in %.1f s", config.model_id, time.monotonic() - began)
         connection.send(handle(host, "info", ()))  # loaded: the server waits for this
         while True:
             method, args = connection.recv()
