@@ -180,7 +180,7 @@ def main(argv: list[str]) -> int:
         return 2
     infos = [p.info for p in parts]
     try:
-        tokenizer = load_text_tokenizer(infos[0].path)
+        tokenizer = load_text_tokenizer(infos[0].path, args.trust_remote_code)
         settings = server_settings(
             args, infos[0].model_id, min(i.max_context for i in infos), min(i.capacity_tokens for i in infos),
             infos[0].device,

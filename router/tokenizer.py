@@ -84,8 +84,8 @@ class TextTokenizer:
             raise ApiError(422, f"Template error: {error}", TEMPLATE) from None
 
 
-def load_text_tokenizer(path: str) -> TextTokenizer:
+def load_text_tokenizer(path: str, trust_remote_code: bool = False) -> TextTokenizer:
     """The tokenizer of the checkpoint a worker loaded (``WorkerInfo.path``), without its weights."""
     from transformers import AutoTokenizer
 
-    return TextTokenizer(AutoTokenizer.from_pretrained(path))
+    return TextTokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
