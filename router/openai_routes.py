@@ -29,7 +29,6 @@ from .tools import ToolUse, chat_grammar, next_tool_call_id, tool_calls_text, to
 from .validation import ValidRequest, validate
 
 TGI_CLIENT_MODEL = "tgi"
-DEFAULT_MAX_TOKENS = 100  # TGI's default for both routes
 
 
 def _parameters(
@@ -44,7 +43,7 @@ def _parameters(
         top_p=body.top_p,
         repetition_penalty=body.repetition_penalty,
         frequency_penalty=body.frequency_penalty,
-        max_new_tokens=max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
+        max_new_tokens=max_tokens,  # None: until EOS, up to max_total_tokens (TGI 3.x)
         stop=body.stop_sequences,
         seed=body.seed,
         details=True,
@@ -82,7 +81,8 @@ def validate_chat(body: ChatRequest, state: ServerState, structured: bool) -> tu
     grammar = chat_grammar(body, tools) if structured else None
     prompt = chat_prompt(body, state, tools)
     top_n = body.top_logprobs if body.logprobs else None
-    parameters = _parameters(body, body.max_completion_tokens or body.max_tokens, top_n, grammar)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    parameters = _parameters(body, max_tokens, top_n, grammar)
     valid = validate(
         prompt, parameters, state.tokenizer, state.settings, add_special_tokens=False,
         presence_penalty=body.presence_penalty,

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 U64_MAX = 2**64 - 1
-TGI_DEFAULT_MAX_NEW_TOKENS = 100
 
 
 class Body(BaseModel):
@@ -92,7 +91,7 @@ class GenerateParameters(Body):
     typical_p: float | None = None
     do_sample: bool = False
     max_new_tokens: int | None = Field(
-        TGI_DEFAULT_MAX_NEW_TOKENS, description="absent: 100; null: as many as max_total_tokens allows (at most 1024)"
+        None, description="absent or null: until EOS, up to max_total_tokens minus the input (TGI 3.x)"
     )
     return_full_text: bool | None = None
     stop: list[str] = Field(default_factory=list)

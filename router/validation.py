@@ -19,9 +19,6 @@ from .settings import ServerSettings
 from .structured import grammar_spec
 from .tokenizer import TextTokenizer
 
-# TGI's cap on a default (unset) max_new_tokens.
-DEFAULT_GENERATION_LENGTH = 1024
-
 
 @dataclass(frozen=True)
 class ValidRequest:
@@ -114,8 +111,8 @@ def validate(
         prompt_ids = prompt_ids[-p.truncate :]
     input_length = len(prompt_ids)
     max_new_tokens = p.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = min(max(settings.max_total_tokens - input_length, 0), DEFAULT_GENERATION_LENGTH)
+    if max_new_tokens is None:  # TGI 3.x: until EOS, up to what max_total_tokens leaves (never below 0)
+        max_new_tokens = max(settings.max_total_tokens - input_length, 0)
     if input_length + max_new_tokens > settings.max_total_tokens:
         raise validation_error(
             f"`inputs` tokens + `max_new_tokens` must be <= {settings.max_total_tokens}. "
