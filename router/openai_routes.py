@@ -85,7 +85,7 @@ def validate_chat(body: ChatRequest, state: ServerState, structured: bool) -> tu
     parameters = _parameters(body, max_tokens, top_n, grammar)
     valid = validate(
         prompt, parameters, state.tokenizer, state.settings, add_special_tokens=False,
-        presence_penalty=body.presence_penalty,
+        presence_penalty=body.presence_penalty, logit_bias=body.logit_bias,
     )  # fmt: skip
     return valid, tools
 
@@ -149,7 +149,14 @@ async def completions(request: Request) -> Response:
         )
     parameters = _parameters(body, body.max_tokens, grammar=response_format_grammar(body.response_format))
     valids = [
-        validate(prompt, parameters, state.tokenizer, state.settings, presence_penalty=body.presence_penalty)
+        validate(
+            prompt,
+            parameters,
+            state.tokenizer,
+            state.settings,
+            presence_penalty=body.presence_penalty,
+            logit_bias=body.logit_bias,
+        )
         for prompt in prompts
     ]
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer)

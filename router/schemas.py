@@ -96,7 +96,7 @@ class GenerateParameters(Body):
     return_full_text: bool | None = None
     stop: list[str] = Field(default_factory=list)
     truncate: int | None = None
-    watermark: bool = Field(False, description="accepted and ignored: this server does not watermark")
+    watermark: bool = Field(False, description="TGI's greenlist watermark (WATERMARK_GAMMA, WATERMARK_DELTA)")
     details: bool = False
     decoder_input_details: bool = False
     seed: int | None = Field(None, ge=0, le=U64_MAX)
@@ -170,7 +170,9 @@ class OpenAIRequest(Body):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty: float | None = None
-    logit_bias: Any = Field(None, description="accepted and ignored")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="{token id: bias in [-100, 100]} added to the token's logit before sampling"
+    )
     max_tokens: int | None = None
     n: int | None = Field(None, description="only 1 is supported")
     seed: int | None = Field(None, ge=0, le=U64_MAX)

@@ -56,6 +56,20 @@ def check_best_of(best_of: int, settings: ServerSettings) -> None:
         raise validation_error(f"`best_of` must be > 0 and <= {settings.max_best_of}. Given: {best_of}")
 
 
+def logit_bias_pairs(given: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `{token id: bias}` as (id, bias) pairs; an id outside the vocabulary would crash the worker."""
+    pairs = []
+    for key, bias in (given or {}).items():
+        if not key.strip().isdecimal():
+            raise validation_error(f"`logit_bias` keys must be token ids. Given: {key!r}")
+        if int(key) >= vocab_size:
+            raise validation_error(f"`logit_bias` token ids must be < {vocab_size}. Given: {int(key)}")
+        if not -100.0 <= bias <= 100.0:
+            raise validation_error(f"`logit_bias` values must be >= -100 and <= 100. Given: {bias}")
+        pairs.append((int(key), float(bias)))
+    return tuple(pairs)
+
+
 def validate(
     inputs: str,
     parameters: GenerateParameters,
@@ -64,6 +78,7 @@ def validate(
     *,
     add_special_tokens: bool = True,
     presence_penalty: float | None = None,
+    logit_bias: dict[str, float] | None = None,
     default_return_full_text: bool = False,
 ) -> ValidRequest:
     p = parameters
@@ -95,6 +110,7 @@ def validate(
         raise validation_error(
             f"`stop` supports up to {settings.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
         )
+    bias = logit_bias_pairs(logit_bias, len(tokenizer.hf))
     if p.seed is not None and best_of > 1:
         raise validation_error("`seed` must not be set when `best_of` > 1")
     top_n_tokens = p.top_n_tokens or 0
@@ -139,6 +155,8 @@ def validate(
         top_n_tokens=top_n_tokens,
         prompt_logprobs=p.decoder_input_details,
         grammar=grammar,
+        watermark=p.watermark,
+        logit_bias=bias,
     )
     return ValidRequest(
         inputs=inputs,
