@@ -20,7 +20,6 @@ from .protocol import SamplingParams
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest(Request):
-    prompt_ids: tuple[int, ...] = ()
     params: SamplingParams = SamplingParams()
     ignore_eos: bool = False
 
@@ -38,6 +37,11 @@ class GenerationRequest(Request):
     @property
     def constrained(self) -> bool:
         return self.params.grammar is not None
+
+    @property
+    def reuses_cache(self) -> bool:
+        """Prompt logprobs need every prompt position computed, so a request that asks for them computes all."""
+        return bool(self.prompt_ids) and not self.params.prompt_logprobs
 
     def submitted(self, request_id: str, arrival: float) -> GenerationRequest:
         return replace(self, id=request_id, arrival=arrival)

@@ -3,7 +3,7 @@
 Everything that can be said about a request before it is scheduled is
 checked here once: its tier exists, its overrides only tighten, it can ever
 fit the KV cache. What passes becomes the scheduler's ``RequestState`` with
-its deadlines fixed.
+its deadlines fixed, and its cached prefix looked up (`reuse`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from .config import TierConfig
 from .deadlines import first_token_deadline, token_pace
 from .errors import AdmissionError, RequestTooLargeError
 from .kv_blocks import BlockAllocator, blocks_for
+from .policy import PolicyConfig
 from .request import Request
+from .reuse import enroll
 from .state import RequestState
 
 
@@ -21,7 +23,7 @@ def intake_state(
     tiers: TierConfig,
     ranks: dict[str, int],
     allocator: BlockAllocator,
-    seconds_per_token: float,
+    config: PolicyConfig,
     seq: int,
 ) -> RequestState:
     """The new request's state; ``UnknownTierError``, ``RequestTooLargeError`` or
@@ -40,8 +42,11 @@ def intake_state(
             f"max new tokens {request.max_new_tokens}) but the cache holds {allocator.capacity_tokens}"
         )
     deadline = first_token_deadline(
-        request.arrival, targets, request.max_new_tokens, tier.expected_output_tokens, seconds_per_token
+        request.arrival, targets, request.max_new_tokens, tier.expected_output_tokens, config.batch_seconds_per_token
     )
-    pace = token_pace(targets, seconds_per_token)
+    pace = token_pace(targets, config.batch_seconds_per_token)
     index = tiers.names.index(tier.name)
-    return RequestState(request, index, ranks[tier.name], tier.interactive, targets, deadline, pace, seq)
+    state = RequestState(request, index, ranks[tier.name], tier.interactive, targets, deadline, pace, seq)
+    if config.prefix_caching and request.reuses_cache:
+        enroll(state, allocator)
+    return state

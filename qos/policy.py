@@ -83,6 +83,10 @@ class PolicyConfig(BaseModel):
     adaptive_alpha: bool = Field(True, description="alpha follows the load (off: always the full alpha)")
     alpha_levels: int = Field(4, ge=1, description="alpha moves in steps of alpha/levels (each re-sorts the queues)")
     relegation_window: int = Field(64, ge=1, description="queued requests examined per step for predicted misses")
+    prefix_caching: bool = Field(True, description="start requests from the cached KV of a shared prefix")
+    prefix_retention_seconds: float = Field(
+        60.0, ge=0, description="a cached block outlives plain LRU by this per unit of its tiers' importance"
+    )
     kv_watermark: Share = Field(0.01, description="share of KV blocks a new admission must leave free")
     max_running: Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_none_or)] = Field(
         256, description="decoding plus prefilling requests; none: no limit"

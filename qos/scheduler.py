@@ -36,8 +36,9 @@ from .preemption import kv_victim, may_wait
 from .queues import TierQueues
 from .relegation import choose_relegations
 from .request import Request
+from .reuse import expect, give_back, record, take
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
-from .stats import SchedulerStats, TierStats
+from .stats import SchedulerStats, TierCounters
 from .tiers import SloTargets
 
 
@@ -48,6 +49,7 @@ class Scheduler:
         self.config = config
         self.tiers = tiers
         self.allocator = allocator
+        allocator.retention_seconds = config.prefix_retention_seconds
         self.predictor = predictor
         self._rank_of = tiers.relegation_ranks()
         self._queues = TierQueues(len(tiers.tiers), [self._rank_of[name] for name in tiers.names])
@@ -69,9 +71,7 @@ class Scheduler:
             config.hybrid_priority,
             config.adaptive_alpha,
         )
-        self._relegated_total = [0] * len(tiers.tiers)
-        self._relegated_alive = [0] * len(tiers.tiers)
-        self._preempted_total = [0] * len(tiers.tiers)
+        self._counts = TierCounters.zeros(len(tiers.tiers))
         self.steps = 0
         self._step_rate = (-1, 0.0)  # (steps, rate): the full-step prefill rate, predicted once per step
 
@@ -83,21 +83,15 @@ class Scheduler:
     # -- requests in and out -------------------------------------------------
 
     def add(self, request: Request, now: float) -> SloTargets:
-        """Queue a request; its targets as settled at intake. Raises an ``AdmissionError`` (HTTP 422)
-        if it can never be served.
-
-        ``UnknownTierError`` for an unknown tier, ``RequestTooLargeError`` when its prompt
-        plus max new tokens exceed the whole KV cache,
-        ``DuplicateRequestError`` for a known id, ``AdmissionError`` for
-        non-positive lengths. Deadlines count from ``request.arrival``; ``now``
-        is not needed for that and is accepted for the protocol's symmetry.
+        """Queue a request; its targets as settled at intake. An ``AdmissionError`` (HTTP 422) if it can never be
+        served: ``UnknownTierError`` for an unknown tier, ``RequestTooLargeError`` when its prompt plus max new
+        tokens exceed the whole KV cache, ``DuplicateRequestError`` for a known id, ``AdmissionError`` for
+        non-positive lengths. Deadlines count from ``request.arrival``; ``now`` is accepted for symmetry.
         """
         if request.id in self._states:
             raise DuplicateRequestError(f"request {request.id!r} is already scheduled")
         seq = next(self._arrivals)
-        state = intake_state(
-            request, self.tiers, self._rank_of, self.allocator, self.config.batch_seconds_per_token, seq
-        )
+        state = intake_state(request, self.tiers, self._rank_of, self.allocator, self.config, seq)
         self._states[request.id] = state
         self._queues.push(state, self._key(state))
         return state.targets
@@ -118,7 +112,7 @@ class Scheduler:
         elif state.phase is DECODING:
             del self._decoding[state.id]
         if state.relegated:
-            self._relegated_alive[state.tier_index] -= 1
+            self._counts.relegated_alive[state.tier_index] -= 1
         state.phase = DONE
         del self._states[state.id]
 
@@ -127,8 +121,7 @@ class Scheduler:
 
         Raises the ``AdmissionError`` that ``add`` would raise.
         """
-        config = self.config
-        state = intake_state(request, self.tiers, self._rank_of, self.allocator, config.batch_seconds_per_token, -1)
+        state = intake_state(request, self.tiers, self._rank_of, self.allocator, self.config, -1)
         work = state.remaining + sum(s.remaining for s in self._prefilling.values())
         work += self._queues.work_before(self._key(state))
         return Outlook(state.first_deadline, work, self._full_step_rate(now))
@@ -166,6 +159,7 @@ class Scheduler:
     def schedule(self, now: float) -> Plan:
         """The next step. Calling it again before ``on_step`` discards the previous plan (its work is redone)."""
         preempted: list[str] = []
+        self.allocator.now = now
         if self.config.relegation:
             self._relegate(now)
         self._relieve_decode_pressure(preempted)
@@ -217,22 +211,27 @@ class Scheduler:
                     )
                     if not admitting:
                         continue
-                take = min(state.remaining, budget, affordable(state, self.allocator))
-                if take <= 0:
+                    take(state, self.allocator, self.tiers.tiers[state.tier_index].importance)
+                tokens = min(state.remaining, budget, affordable(state, self.allocator))
+                if tokens <= 0:
+                    if state.phase is QUEUED:  # it waits with nothing held: its work as it expects it now
+                        self._queues.remove(state)
+                        give_back(state, self.allocator)
+                        self._queues.push(state, self._key(state))
                     continue
                 start = state.computed
-                end = start + take
+                end = start + tokens
                 if end > state.capacity:
                     grow(state, end, self.allocator)
                 if state.phase is QUEUED:
                     self._admit(state)
-                chunks.append(Chunk(state.id, start, take, end == state.known, False))
+                chunks.append(Chunk(state.id, start, tokens, end == state.known, False))
                 constrained += end == state.known and state.request.constrained
                 states.append(state)
                 tables[state.id] = state.table
-                prefill += take
+                prefill += tokens
                 prefill_context += end
-                budget -= take
+                budget -= tokens
             saturated = budget <= 0
         shape = StepShape(prefill, decodes, decode_context, prefill_context, constrained)
         return chunks, states, tables, shape, saturated
@@ -285,6 +284,8 @@ class Scheduler:
     # -- memory ----------------------------------------------------------------
 
     def _admit(self, state: RequestState) -> None:
+        self._counts.admitted[state.tier_index] += state.known
+        self._counts.reused[state.tier_index] += state.reused
         self._queues.remove(state)
         state.phase = PREFILLING
         state.admitted_seq = next(self._admissions)
@@ -306,9 +307,10 @@ class Scheduler:
         state.table = ()
         state.capacity = 0
         state.computed = 0
+        expect(state, self.allocator)
         state.phase = QUEUED
         self._queues.push(state, self._key(state))
-        self._preempted_total[state.tier_index] += 1
+        self._counts.preempted_total[state.tier_index] += 1
         preempted.append(state.id)
 
     def _relegate(self, now: float) -> None:
@@ -318,8 +320,8 @@ class Scheduler:
             self._queues.remove(state)
             state.relegated = True
             self._queues.push(state, self._key(state))
-            self._relegated_total[state.tier_index] += 1
-            self._relegated_alive[state.tier_index] += 1
+            self._counts.relegated_total[state.tier_index] += 1
+            self._counts.relegated_alive[state.tier_index] += 1
 
     # -- results -----------------------------------------------------------------
 
@@ -334,11 +336,15 @@ class Scheduler:
             return []
         plan, states, saturated = self._pending
         self._pending = None
+        self.allocator.now = now
+        sampled = {token.request_id: token.token_id for token in result.tokens}
         finished: list[str] = []
         for chunk, state in zip(plan.chunks, states):
             if state.phase is DONE:
                 continue
             state.computed = chunk.start + chunk.length
+            importance = self.tiers.tiers[state.tier_index].importance
+            record(state, chunk.sample, sampled.get(state.id), self.allocator, importance)
             if not chunk.sample:
                 continue
             state.generated += 1
@@ -360,25 +366,24 @@ class Scheduler:
     def stats(self) -> SchedulerStats:
         prefilling = Counter(state.tier_index for state in self._prefilling.values())
         running = Counter(state.tier_index for state in self._decoding.values())
+        queued = [self._queues.depth(i) + self._queues.relegated_depth(i) for i in range(len(self.tiers.tiers))]
         per_tier = {
-            name: TierStats(
-                self._queues.depth(i) + self._queues.relegated_depth(i), self._relegated_alive[i],
-                prefilling[i], running[i], self._relegated_total[i], self._preempted_total[i],
-            )  # fmt: skip
-            for i, name in enumerate(self.tiers.names)
+            name: self._counts.tier(i, queued[i], prefilling[i], running[i]) for i, name in enumerate(self.tiers.names)
         }
         return SchedulerStats(
             policy=self.config.name,
             tiers=per_tier,
             queued=len(self._queues),
-            relegated=sum(self._relegated_alive),
+            relegated=sum(self._counts.relegated_alive),
             prefilling=len(self._prefilling),
             running=len(self._decoding),
-            relegated_total=sum(self._relegated_total),
-            preempted_total=sum(self._preempted_total),
+            relegated_total=sum(self._counts.relegated_total),
+            preempted_total=sum(self._counts.preempted_total),
             free_blocks=self.allocator.num_free,
             total_blocks=self.allocator.num_blocks,
             block_size=self.allocator.block_size,
+            cached_blocks=self.allocator.num_cached,
+            evictions=self.allocator.evictions,
             alpha=self.load.alpha,
             prefill_rate=self.load.prefill_rate,
             predictor_error=self.predictor.error,

@@ -21,7 +21,7 @@ class RequestState:
     __slots__ = (
         "id", "request", "tier_index", "rank", "interactive", "targets", "prompt_len", "max_new",
         "generated", "computed", "first_deadline", "pace", "anchor", "seq", "admitted_seq",
-        "relegated", "phase", "entry", "table", "capacity",
+        "relegated", "phase", "entry", "table", "capacity", "tokens", "keys", "published", "reusable", "reused",
     )  # fmt: skip
 
     def __init__(
@@ -48,6 +48,14 @@ class RequestState:
         self.entry: tuple | None = None
         self.table: tuple[int, ...] = ()
         self.capacity = 0
+        # Prefix caching (`prefix_cache`): the known token ids (None: this request's blocks are not shared),
+        # the keys of their full blocks, how many of its blocks it has published to the cache, the
+        # tokens a queued request expects to find cached, and those it took at its last admission.
+        self.tokens: list[int] | None = None
+        self.keys: list[int] = []
+        self.published = 0
+        self.reusable = 0
+        self.reused = 0
 
     @property
     def known(self) -> int:
@@ -55,8 +63,8 @@ class RequestState:
 
     @property
     def remaining(self) -> int:
-        """Positions still to compute before the next token can be sampled."""
-        return self.prompt_len + self.generated - self.computed
+        """Positions still to compute before the next token can be sampled (a cached prefix is not computed)."""
+        return self.prompt_len + self.generated - max(self.computed, self.reusable)
 
     @property
     def started(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +14,29 @@ class TierStats:
     running: int  # decoding
     relegated_total: int  # ever relegated (a counter)
     preempted_total: int  # KV-pressure preemptions (a counter)
+    prompt_tokens_cached: int = 0  # known tokens admitted requests took from the prefix cache (a counter)
+    prompt_tokens_computed: int = 0  # known tokens admitted requests had to compute (a counter)
+
+
+@dataclass
+class TierCounters:
+    """The scheduler's running counts, one entry per tier in the tier file's order."""
+
+    relegated_total: list[int]
+    relegated_alive: list[int]
+    preempted_total: list[int]
+    reused: list[int]  # known tokens admitted requests took from the prefix cache
+    admitted: list[int]  # known tokens of requests at admission
+
+    @classmethod
+    def zeros(cls, tiers: int) -> TierCounters:
+        return cls(*([0] * tiers for _ in fields(cls)))
+
+    def tier(self, i: int, queued: int, prefilling: int, running: int) -> TierStats:
+        return TierStats(
+            queued, self.relegated_alive[i], prefilling, running, self.relegated_total[i], self.preempted_total[i],
+            self.reused[i], self.admitted[i] - self.reused[i],
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +52,8 @@ class SchedulerStats:
     free_blocks: int
     total_blocks: int
     block_size: int
+    cached_blocks: int  # blocks holding a reusable prefix, read by a request or not
+    evictions: int  # cached blocks whose memory was taken for other tokens (a counter)
     alpha: float  # current hybrid-priority weight, seconds per token
     prefill_rate: float  # estimated prefill tokens per second
     predictor_error: float | None  # mean absolute percentage error (fraction) of recent predictions
@@ -55,6 +80,8 @@ def combine_stats(parts: Sequence[SchedulerStats]) -> SchedulerStats:
         free_blocks=sum(p.free_blocks for p in parts),
         total_blocks=sum(p.total_blocks for p in parts),
         block_size=first.block_size,
+        cached_blocks=sum(p.cached_blocks for p in parts),
+        evictions=sum(p.evictions for p in parts),
         alpha=sum(p.alpha for p in parts) / len(parts),
         prefill_rate=sum(p.prefill_rate for p in parts),
         predictor_error=sum(errors) / len(errors) if errors else None,
