@@ -141,6 +141,7 @@ class Metrics:
         self.predictor_error = gauge("niyama_predictor_error", "Latency predictor's mean absolute percentage error")
         self.kv_free = gauge("niyama_kv_blocks_free", "Free KV cache blocks")
         self.kv_total = gauge("niyama_kv_blocks_total", "KV cache blocks")
+        self.kv_cached = gauge("niyama_kv_blocks_cached", "KV blocks holding a reusable prefix (prefix cache)")
         self._slo_counts: dict[str, list[int]] = {tier: [0, 0] for tier in tiers.names}  # judged, met
         for tier in tiers.names:  # every tier's series exist from the start, so dashboards and rate() see zeros
             self.slo_attainment.labels(tier).set(1.0)
@@ -237,17 +238,24 @@ class Metrics:
         self.batch_max_total_tokens.set(stats.total_blocks * stats.block_size)
         self.kv_free.set(stats.free_blocks)
         self.kv_total.set(stats.total_blocks)
+        self.kv_cached.set(stats.cached_blocks)
         self.predictor_error.set(stats.predictor_error if stats.predictor_error is not None else float("nan"))
         relegations = PlainCounter("niyama_relegations_total", "Requests ever relegated, per tier", "tier")
         preemptions = PlainCounter("niyama_preemptions_total", "KV-pressure preemptions, per tier", "tier")
+        cached = PlainCounter("niyama_prompt_tokens_cached_total", "Prompt tokens served from the prefix cache", "tier")
+        computed = PlainCounter("niyama_prompt_tokens_computed_total", "Prompt tokens computed (not cached)", "tier")
+        evictions = PlainCounter("niyama_kv_evictions_total", "Cached KV blocks evicted for other tokens")
+        evictions.inc(amount=stats.evictions)
         for tier, tier_stats in stats.tiers.items():
             self.queue_depth.labels(tier).set(tier_stats.queued)
             self.running.labels(tier).set(tier_stats.running + tier_stats.prefilling)
             self.relegated.labels(tier).set(tier_stats.relegated)
             relegations.inc(tier, tier_stats.relegated_total)
             preemptions.inc(tier, tier_stats.preempted_total)
+            cached.inc(tier, tier_stats.prompt_tokens_cached)
+            computed.inc(tier, tier_stats.prompt_tokens_computed)
         counters = (
             self.request_count, self.request_success, self.request_failure, self.batch_count, self.batch_success,
-            self.batch_failure, relegations, preemptions,
+            self.batch_failure, relegations, preemptions, cached, computed, evictions,
         )  # fmt: skip
         return "".join(counter.render() for counter in counters).encode() + generate_latest(self.registry)

@@ -13,8 +13,11 @@ import random
 import time
 
 import pytest
+import requests
+from harden_support import metric
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from router_server import tiny_server
 from support import make_runner, reference_greedy, tiny_llama, tiny_loaded
 
 from niyama.engine.core import EngineCore
@@ -208,3 +211,18 @@ def test_a_high_importance_prefix_survives_a_flood_of_low_importance_documents()
     out = run(core, {0: [("chat1", system + [9, 10], 2)]})
     assert out["chat1"] == reference_greedy(TINY, system + [9, 10], 2)
     assert core.scheduler.stats().tiers["interactive"].prompt_tokens_cached - before == 32
+
+
+def test_metrics_show_each_tier_s_cached_and_computed_prompt_tokens():
+    prompt = "Summarise: " + "the meeting moved to Tuesday and the budget was approved. " * 8
+    with tiny_server() as server:
+        for _ in range(2):
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": 2}}
+            assert requests.post(server.url + "/generate", json=body, timeout=30).status_code == 200
+        prompt_tokens = int(requests.post(server.url + "/generate", json=body, timeout=30).headers["x-prompt-tokens"])
+        cached = metric(server, 'niyama_prompt_tokens_cached_total{tier="interactive"}')
+        computed = metric(server, 'niyama_prompt_tokens_computed_total{tier="interactive"}')
+        assert cached == 2 * ((prompt_tokens - 1) // 16 * 16)  # the 2nd and 3rd requests: all but the last block
+        assert cached + computed == 3 * prompt_tokens
+        assert metric(server, "niyama_kv_blocks_cached") >= prompt_tokens // 16
+        assert metric(server, "niyama_kv_evictions_total") == 0
