@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from niyama.qos.policy import policy_config
 from niyama.qos.request import Request
+from niyama.qos.sessions import Conversations
 from niyama.qos.traces import Trace
 from niyama.qos.workload import RatePhase, build_workload
 
@@ -85,15 +86,17 @@ def goodput_search(
     start: float,
     on_probe: Callable[[Probe], None] | None = None,
     burstiness: float = 1.0,
+    sessions: Conversations | None = None,
 ) -> tuple[float, list[Probe]]:
     """Goodput of ``setup`` on ``trace``: every probe rebuilds the workload at its rate with the same seed.
 
-    The workload is ``build_workload``'s: ``poisson`` or the trace's times, gamma with a ``burstiness`` other than 1.
+    The workload is ``build_workload``'s: ``poisson`` or the trace's times, gamma with a ``burstiness`` other than 1,
+    multi-turn ``sessions`` if given.
     """
 
     def run(rate: float) -> Probe:
         phases = (RatePhase(rate, duration),)
-        requests = build_workload(trace, setup.tiers, mix, phases, duration, seed, poisson, burstiness)
+        requests = build_workload(trace, setup.tiers, mix, phases, duration, seed, poisson, burstiness, sessions)
         result = probe(setup, requests, rate)
         if on_probe is not None:
             on_probe(result)

@@ -4,13 +4,14 @@ Per tier: ``count`` (requests that arrived), ``completed``, ``rejected``
 (never fit the KV cache), ``misses`` and ``attainment_pct`` by
 ``qos.slo.is_miss`` (the rule the server's /metrics and the bench count by:
 missing the primary target, TTFT for interactive and TTLT for batch, or
-being rejected), ``relegated`` (ever relegated), TTFT / TBT / TTLT
+being rejected), ``relegated`` (ever relegated), ``prompt_cache_hit_pct``
+(prompt tokens at admission found in the prefix cache), TTFT / TBT / TTLT
 percentiles in seconds (TBT over every gap between consecutive tokens),
 ``violation_pct`` (misses / count) and
 ``tbt_violation_pct`` (share with any token after its TBT deadline,
 reported apart as the paper does). Overall: the same violation shares,
 ``throughput_tokens_per_s`` (prefill plus decode tokens computed, per
-simulated second), ``mean_step_tokens`` and ``steps``.
+simulated second), ``mean_step_tokens``, ``steps`` and ``kv_evictions``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def summarize(result: SimResult) -> dict:
         count = len(outcomes) + record.rejected
         missed = sum(is_miss(FINISHED, o.missed) for o in outcomes) + record.rejected * is_miss(REJECTED)
         tbt_missed = sum("tbt" in o.violations for o in outcomes)
+        cache = result.stats.tiers[name]
         entry: dict = {
             "count": count,
             "completed": len(outcomes),
@@ -57,6 +59,9 @@ def summarize(result: SimResult) -> dict:
             "misses": missed,
             "attainment_pct": round(100.0 - _pct(missed, count), 4) if count else None,
             "relegated": result.stats.tiers[name].relegated_total,
+            "prompt_cache_hit_pct": _pct(
+                cache.prompt_tokens_cached, cache.prompt_tokens_cached + cache.prompt_tokens_computed
+            ),
         }
         series = {
             "ttft": sorted(o.ttft for o in outcomes if o.ttft is not None),
@@ -81,6 +86,7 @@ def summarize(result: SimResult) -> dict:
         "mean_step_tokens": round(result.tokens / result.steps, 3) if result.steps else 0.0,
         "steps": result.steps,
         "simulated_seconds": round(result.end_time, 3),
+        "kv_evictions": result.stats.evictions,
     }
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from niyama.qos.arrivals import PROCESSES
 from niyama.qos.options import RunConfig, add_run_options, run_config
 from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.sessions import Conversations
 from niyama.qos.traces import BUILTIN_TRACES, load_trace
 from niyama.qos.workload import RatePhase, build_workload, parse_mix, parse_rate_schedule
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mix", help="share of requests per tier in file order, e.g. 0.34,0.33,0.33 (default equal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    talk = parser.add_argument_group("multi-turn conversations (shared prefixes: qos/sessions.py)")
+    talk.add_argument("--conversation-turns", type=int, help="the requests are turns of chats of up to N turns")
+    talk.add_argument("--think-seconds", type=float, default=30.0, help="least gap between a chat's turns (30)")
+    talk.add_argument("--system-tokens", type=int, default=0, help="a system prompt of N tokens opens each chat (0)")
+    talk.add_argument("--system-prompts", type=int, default=1, help="distinct system prompts chats draw from (1)")
+    talk.add_argument("--max-context", type=int, default=8192, help="a chat ends before its prompt passes N (8192)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--goodput", action="store_true", help="search the highest rate with at most 1%% misses")
     mode.add_argument("--silo", action="store_true", help="replicas needed: one group per tier vs one shared pool")
@@ -94,12 +101,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--burstiness must be positive, got {burstiness}")
     poisson = args.arrivals in ("poisson", "gamma") or burstiness != 1.0 or trace.times is None
     rate = args.rate or (None if poisson else trace.native_rate)
+    sessions = None
+    if args.conversation_turns is not None:
+        sessions = Conversations(args.conversation_turns, args.think_seconds, args.system_tokens,
+                                 args.system_prompts, args.max_context)  # fmt: skip
     if args.goodput:
-        return run_goodput(args, config, setup, trace, mix, poisson, rate or 1.0)
+        return run_goodput(args, config, setup, trace, mix, poisson, rate or 1.0, sessions)
     if rate is None and not args.rate_schedule:
         raise UsageError(f"--rate is required: trace {args.trace!r} has no timestamps")
     phases = parse_rate_schedule(args.rate_schedule) if args.rate_schedule else (RatePhase(rate, args.duration),)
-    requests = build_workload(trace, tiers, mix, phases, args.duration, args.seed, poisson, burstiness)
+    requests = build_workload(trace, tiers, mix, phases, args.duration, args.seed, poisson, burstiness, sessions)
     described = describe(args, config, mix, poisson, rate)
     if args.silo:
         return run_silo(args, config, setup, requests, described)
@@ -122,10 +133,15 @@ def describe(args: argparse.Namespace, config: RunConfig, mix, poisson: bool, ra
         "burstiness": args.burstiness, "rate": rate,
         "rate_schedule": args.rate_schedule, "duration": args.duration, "seed": args.seed,
         "mix": [round(m, 6) for m in mix], **config.as_dict(),
+        "conversations": None if args.conversation_turns is None else {
+            "turns": args.conversation_turns, "think_seconds": args.think_seconds,
+            "system_tokens": args.system_tokens, "system_prompts": args.system_prompts,
+            "max_context": args.max_context,
+        },
     }  # fmt: skip
 
 
-def run_goodput(args, config: RunConfig, setup: SimSetup, trace, mix, poisson: bool, start: float) -> int:
+def run_goodput(args, config: RunConfig, setup: SimSetup, trace, mix, poisson: bool, start: float, sessions) -> int:
     def report(result: Probe) -> None:
         if not args.json:
             verdict = "ok" if result.ok else "too many misses"
@@ -134,7 +150,9 @@ def run_goodput(args, config: RunConfig, setup: SimSetup, trace, mix, poisson: b
                 file=sys.stderr,
             )
 
-    rate, probes = goodput_search(setup, trace, mix, args.duration, args.seed, poisson, start, report, args.burstiness)
+    rate, probes = goodput_search(
+        setup, trace, mix, args.duration, args.seed, poisson, start, report, args.burstiness, sessions
+    )
     if args.json:
         described = describe(args, config, mix, poisson, None)
         probes_out = [{"rate": round(p.rate, 6), "requests": p.requests, "misses": p.misses} for p in probes]

@@ -148,7 +148,8 @@ def simulate(
                 index += 1
                 record = records[request.tier]
                 submitted = GenerationRequest(request.id, request.tier, request.arrival, request.prompt_len,
-                                              request.max_new_tokens, request.targets, (), GREEDY, True)  # fmt: skip
+                                              request.max_new_tokens, request.targets, request.prompt_ids,
+                                              GREEDY, True)  # fmt: skip
                 for replica in routing.rank(schedulers, submitted, now):
                     try:
                         _, targets = cores[replica].add(submitted)

@@ -12,6 +12,7 @@ worker of the router benchmark.
 from __future__ import annotations
 
 from niyama.qos.plan import Plan, SampledToken, StepResult
+from niyama.qos.sessions import SIMULATED_TOKEN
 
 from .protocol import SamplingParams, StepTime
 
@@ -27,7 +28,7 @@ class VirtualClock:
 
 
 class VirtualWorker:
-    def __init__(self, step_time: StepTime, tokens: tuple[int, ...] = (0,)) -> None:
+    def __init__(self, step_time: StepTime, tokens: tuple[int, ...] = (SIMULATED_TOKEN,)) -> None:
         self.step_time = step_time
         self.tokens = tokens
         self._turn = 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from .arrivals import ArrivalProcess, RatePhase, arrivals, rate_at, tier_draws
 from .config import TierConfig
 from .request import Request
+from .sessions import Conversations, conversations
 from .traces import Trace
 
 __all__ = ["RatePhase", "build_workload", "draw_requests", "parse_mix", "parse_rate_schedule", "rate_at"]
@@ -82,14 +83,17 @@ def build_workload(
     seed: int,
     poisson: bool = False,
     burstiness: float = 1.0,
+    sessions: Conversations | None = None,
 ) -> list[Request]:
     """The simulator's default arrivals: a timed trace's own, or Poisson (``poisson``, or a trace without times).
 
     ``poisson`` ignores the trace's timestamps (the paper's setup: Poisson
     arrivals, lengths drawn from the trace); a ``burstiness`` other than 1
     makes them gamma arrivals of that shape (as `niyama bench serve
-    --burstiness` does).
+    --burstiness` does). With ``sessions`` the requests are the turns of
+    multi-turn conversations (``qos.sessions``), sharing prefixes.
     """
     kind = "poisson" if poisson or trace.native_rate is None else "trace"
     kind = "gamma" if burstiness != 1.0 else kind
-    return draw_requests(trace, tiers, mix, ArrivalProcess(kind, tuple(phases), burstiness), duration, seed)
+    requests = draw_requests(trace, tiers, mix, ArrivalProcess(kind, tuple(phases), burstiness), duration, seed)
+    return requests if sessions is None else conversations(requests, sessions, seed)
