@@ -8,7 +8,8 @@ generations to their end (a refusal on the way, 429 or the scheduler's,
 is counted per tier in /metrics as a rejected request: a miss);
 `record_success` counts a finished request and
 computes TGI's timing headers from the generation's own timestamps (the
-router's validation time included).
+router's validation time included); `summed_headers` adds up those of a
+request's several prompts, as TGI's /v1/completions does.
 """
 
 from __future__ import annotations
@@ -80,9 +81,7 @@ class Admitted:
 
 
 class Inference:
-    def __init__(
-        self, engine: Engine, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics
-    ) -> None:
+    def __init__(self, engine: Engine, tokenizer: TextTokenizer, settings: ServerSettings, metrics: Metrics) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.settings = settings
@@ -168,3 +167,16 @@ class Inference:
             "x-prompt-tokens": str(valid.input_length),
             "x-generated-tokens": str(generated),
         }
+
+
+SUMMED_MILLISECONDS = ("x-total-time", "x-validation-time", "x-queue-time", "x-inference-time", "x-time-per-token")
+SUMMED_COUNTS = ("x-compute-characters", "x-prompt-tokens", "x-generated-tokens")
+
+
+def summed_headers(parts: list[dict[str, str]]) -> dict[str, str]:
+    """One answer's headers from its prompts' (TGI server.rs `completions`: each header summed over the prompts)."""
+    headers = dict(parts[0])
+    headers["x-compute-time"] = f"{sum(float(part['x-compute-time']) for part in parts):.6f}"
+    for name in SUMMED_MILLISECONDS + SUMMED_COUNTS:
+        headers[name] = str(sum(int(part[name]) for part in parts))
+    return headers

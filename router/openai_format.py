@@ -4,7 +4,13 @@ The content is the *visible* text: special tokens left out and, as OpenAI
 documents, the stop sequence not included. `finish_reason` is TGI's for the
 OpenAI routes: `stop` for EOS, `length`, or `stop_sequence`. Every chat delta
 carries `"role": "assistant"` and `"tool_calls": null` (text-generation 0.7.0
-requires both).
+requires both). With `n` > 1 every choice (and every streamed chunk) carries
+its own `index`.
+
+Completion streams are TGI 3.x's (server.rs `completions`): a chunk has no
+`usage` and `finish_reason: ""` until a prompt's last token, whose chunk has
+TGI's raw reason (`eos_token`, `length`, `stop_sequence`: TGI formats the
+stream's reason without its `stop` spelling) and that prompt's own `usage`.
 """
 
 from __future__ import annotations
@@ -54,25 +60,30 @@ class OpenAIFormatter:
         return {"id": "", "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": self.system_fingerprint}  # fmt: skip
 
-    def chat_completion(self, sequence: Sequence, prompt_tokens: int) -> dict:
+    def _chat_choice(self, index: int, sequence: Sequence) -> dict:
         logprobs = None
         if self.logprobs:
             logprobs = {"content": [token_logprob(event, self.tokenizer) for event in sequence.events]}
-        choice = {
-            "index": 0,
+        return {
+            "index": index,
             "message": {"role": "assistant", "content": sequence.pipeline.visible},
             "logprobs": logprobs,
             "finish_reason": finish_reason(sequence.finish_reason),
         }
-        return {**self._envelope("chat.completion"), "choices": [choice],
-                "usage": usage(prompt_tokens, sequence.generated_tokens)}  # fmt: skip
 
-    def chat_chunks(self, batch: list[TokenEvent]) -> bytes:
-        return b"".join(self.chat_chunk(event) for event in batch)
+    def chat_completion(self, sequences: list[Sequence], prompt_tokens: int) -> dict:
+        """One choice per sequence (`n`); usage counts the prompt once and every choice's tokens."""
+        choices = [self._chat_choice(index, sequence) for index, sequence in enumerate(sequences)]
+        completion_tokens = sum(sequence.generated_tokens for sequence in sequences)
+        return {**self._envelope("chat.completion"), "choices": choices,
+                "usage": usage(prompt_tokens, completion_tokens)}  # fmt: skip
 
-    def chat_chunk(self, event: TokenEvent) -> bytes:
+    def chat_chunks(self, batch: list[TokenEvent], index: int = 0) -> bytes:
+        return b"".join(self.chat_chunk(event, index) for event in batch)
+
+    def chat_chunk(self, event: TokenEvent, index: int = 0) -> bytes:
         choice = {
-            "index": 0,
+            "index": index,
             "delta": {"role": "assistant", "content": event.delta, "tool_calls": None},
             "logprobs": {"content": [token_logprob(event, self.tokenizer)]} if self.logprobs else None,
             "finish_reason": finish_reason(event.finish_reason),
@@ -90,6 +101,7 @@ class OpenAIFormatter:
         )
 
     def completion(self, sequences: list[Sequence], prompt_tokens: int) -> dict:
+        """One choice per sequence, in the order given (prompt by prompt, each prompt's `n` choices)."""
         choices = [
             {"index": index, "text": sequence.pipeline.visible, "logprobs": None,
              "finish_reason": finish_reason(sequence.finish_reason)}
@@ -99,13 +111,16 @@ class OpenAIFormatter:
         return {**self._envelope("text_completion"), "choices": choices,
                 "usage": usage(prompt_tokens, completion_tokens)}  # fmt: skip
 
-    def completion_chunks(self, index: int, batch: list[TokenEvent]) -> bytes:
-        return b"".join(
-            sse(orjson.dumps({**self._envelope("text_completion"), "choices": [
-                {"index": index, "text": event.delta, "logprobs": None,
-                 "finish_reason": finish_reason(event.finish_reason)}]}))
-            for event in batch
-        )  # fmt: skip
+    def completion_chunks(self, index: int, prompt_tokens: int, batch: list[TokenEvent]) -> bytes:
+        """TGI's chunks for choice ``index``: `finish_reason` "" until the last, which adds its own usage."""
+        return b"".join(self._completion_chunk(index, prompt_tokens, event) for event in batch)
+
+    def _completion_chunk(self, index: int, prompt_tokens: int, event: TokenEvent) -> bytes:
+        choice = {"index": index, "text": event.delta, "logprobs": None, "finish_reason": event.finish_reason or ""}
+        chunk = {**self._envelope("text_completion"), "choices": [choice]}
+        if event.finish_reason is not None:
+            chunk["usage"] = usage(prompt_tokens, event.index)
+        return sse(orjson.dumps(chunk))
 
 
 DONE = b"data: [DONE]\n\n"

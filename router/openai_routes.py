@@ -18,7 +18,7 @@ from starlette.responses import Response
 from .answers import Run, complete_answer, stream_answer, stream_headers
 from .auth import authenticate
 from .errors import ApiError, json_response, validation_error
-from .inference import Sequence
+from .inference import summed_headers
 from .intake import Intake, parse, read_json, server, take
 from .openai_format import DONE, OpenAIFormatter
 from .schemas import ChatMessage, ChatRequest, CompletionRequest, GenerateParameters, Grammar, OpenAIRequest
@@ -26,7 +26,7 @@ from .state import ServerState
 from .structured import response_format_grammar
 from .tool_answers import start_tool_stream, tool_call_completion
 from .tools import ToolUse, chat_grammar, next_tool_call_id, tool_calls_text, tool_use
-from .validation import ValidRequest, validate
+from .validation import ValidRequest, choice_copies, choices_count, validate
 
 TGI_CLIENT_MODEL = "tgi"
 
@@ -34,8 +34,6 @@ TGI_CLIENT_MODEL = "tgi"
 def _parameters(
     body: OpenAIRequest, max_tokens: int | None, top_n_tokens: int | None = None, grammar: Grammar | None = None
 ) -> GenerateParameters:
-    if body.n not in (None, 1):
-        raise validation_error("`n` != 1 is not supported")
     greedy = body.temperature == 0.0
     return GenerateParameters(
         do_sample=not greedy,
@@ -95,41 +93,54 @@ async def chat_completions(request: Request) -> Response:
     return await _chat(request, body, intake, structured=True)
 
 
+def served_model(body: ChatRequest, state: ServerState) -> str:
+    """The chat answer's `model`, as TGI 3.x's server.rs `chat_completions`: the request's, unless it sent none
+    or TGI's placeholder "tgi" (completions always name the served model, as TGI's)."""
+    return body.model if body.model not in (None, TGI_CLIENT_MODEL) else state.settings.model_id
+
+
 async def _chat(request: Request, body: ChatRequest, intake: Intake, structured: bool) -> Response:
     """The chat answer; a model that answers `no_tool` is asked again, unstructured (TGI's way)."""
     state = server(request)
+    n = choices_count(body.n, state.settings)
     valid, tools = validate_chat(body, state, structured)
-    formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer,
+    if tools is not None and n > 1:
+        raise validation_error("`n` > 1 is not supported with `tools`")
+    formatter = OpenAIFormatter(served_model(body, state), state.settings.system_fingerprint, state.tokenizer,
                                 bool(body.logprobs))  # fmt: skip
     call_id = next_tool_call_id(body)
+    copies = choice_copies(valid, n)
     if not body.stream:
-        (sequences,) = await complete_answer(request, [valid], intake)
-        payload = formatter.chat_completion(sequences[0], valid.input_length)
+        sequences = [group[0] for group in await complete_answer(request, copies, intake)]
+        payload = formatter.chat_completion(sequences, valid.input_length)
         if tools is not None:
             payload = tool_call_completion(payload, sequences[0], call_id)
             if payload is None:
                 return await _chat(request, body, intake, structured=False)
-        return _json(state, intake, valid, sequences[0], payload)
+        return _json(state, intake, [(valid, sequences)], payload)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     send_done = body.model != TGI_CLIENT_MODEL
-    admitted = await state.inference.start_admitted(intake.caller, [valid], intake.tier, intake.targets)
-    ((generation, pipeline),) = admitted.started
-    run, finish = Run(generation, pipeline, formatter.chat_chunks), None
+    admitted = await state.inference.start_admitted(intake.caller, copies, intake.tier, intake.targets)
+    runs = [
+        Run(generation, pipeline, lambda batch, index=index: formatter.chat_chunks(batch, index))
+        for index, (generation, pipeline) in enumerate(admitted.started)
+    ]
+    finish = None
     if tools is not None:
         tool_stream = await start_tool_stream(request, admitted, formatter, call_id)
         if tool_stream is None:
             return await _chat(request, body, intake, structured=False)
-        run, finish = tool_stream.run, tool_stream.chunks.finish
+        runs, finish = [tool_stream.run], tool_stream.chunks.finish
 
     def tail() -> bytes:
-        usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, pipeline.count)
-        last = finish(pipeline.finish_reason) if finish is not None else b""
+        generated = sum(run.pipeline.count for run in runs)
+        usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, generated)
+        last = finish(runs[0].pipeline.finish_reason) if finish is not None else b""
         return last + (usage if include_usage else b"") + (DONE if send_done else b"")
 
     return stream_answer(
-        request, [run], admitted,
-        stream_headers(intake, len(valid.inputs), state.settings.compute_type),
-        lambda: state.inference.record_success(intake.started, valid, generation, pipeline.count), tail,
+        request, runs, admitted, stream_headers(intake, len(valid.inputs), state.settings.compute_type),
+        lambda: _record(state, intake, [(valid, runs)]), tail,
     )  # fmt: skip
 
 
@@ -147,28 +158,26 @@ async def completions(request: Request) -> Response:
             f"Number of prompts exceeds the maximum allowed batch size of {state.settings.max_client_batch_size}",
             "batch size exceeded",
         )
+    n = choices_count(body.n, state.settings)
     parameters = _parameters(body, body.max_tokens, grammar=response_format_grammar(body.response_format))
     valids = [
-        validate(
-            prompt,
-            parameters,
-            state.tokenizer,
-            state.settings,
-            presence_penalty=body.presence_penalty,
-            logit_bias=body.logit_bias,
-        )
+        validate(prompt, parameters, state.tokenizer, state.settings, presence_penalty=body.presence_penalty,
+                 logit_bias=body.logit_bias)
         for prompt in prompts
-    ]
+    ]  # fmt: skip
+    copies = [copy for valid in valids for copy in choice_copies(valid, n)]  # choice index: prompt * n + choice
     formatter = OpenAIFormatter(state.settings.model_id, state.settings.system_fingerprint, state.tokenizer)
     prompt_tokens = sum(valid.input_length for valid in valids)
     if not body.stream:
-        sequences = [results[0] for results in await complete_answer(request, valids, intake)]
-        return _json(state, intake, valids[0], sequences[0], formatter.completion(sequences, prompt_tokens))
-    admitted = await state.inference.start_admitted(intake.caller, valids, intake.tier, intake.targets)
+        sequences = [group[0] for group in await complete_answer(request, copies, intake)]
+        per_prompt = [(valid, sequences[i * n : (i + 1) * n]) for i, valid in enumerate(valids)]
+        return _json(state, intake, per_prompt, formatter.completion(sequences, prompt_tokens))
+    admitted = await state.inference.start_admitted(intake.caller, copies, intake.tier, intake.targets)
     runs = [
-        Run(generation, pipeline, lambda batch, index=index: formatter.completion_chunks(index, batch))
+        Run(generation, pipeline,
+            lambda batch, index=index: formatter.completion_chunks(index, copies[index].input_length, batch))
         for index, (generation, pipeline) in enumerate(admitted.started)
-    ]
+    ]  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def tail() -> bytes:
@@ -176,16 +185,26 @@ async def completions(request: Request) -> Response:
         usage = formatter.usage_chunk("text_completion", prompt_tokens, completion_tokens)
         return (usage if include_usage else b"") + DONE
 
-    first = runs[0]
+    per_prompt = [(valid, runs[i * n : (i + 1) * n]) for i, valid in enumerate(valids)]
     return stream_answer(
         request, runs, admitted, stream_headers(intake, sum(len(p) for p in prompts), state.settings.compute_type),
-        lambda: state.inference.record_success(intake.started, valids[0], first.generation, first.pipeline.count),
-        tail,
+        lambda: _record(state, intake, per_prompt), tail,
     )  # fmt: skip
 
 
-def _json(state: ServerState, intake: Intake, valid: ValidRequest, best: Sequence, body: dict) -> Response:
-    headers = state.inference.record_success(intake.started, valid, best.generation, best.generated_tokens)
+def _record(state: ServerState, intake: Intake, per_prompt: list[tuple[ValidRequest, list]]) -> dict[str, str]:
+    """Count each prompt as a finished request (its choices' tokens together); their headers summed, as TGI's
+    completions sums its prompts'. Each entry's choices are `Sequence`s or streamed `Run`s."""
+    parts = [
+        state.inference.record_success(intake.started, valid, choices[0].generation,
+                                       sum(choice.pipeline.count for choice in choices))
+        for valid, choices in per_prompt
+    ]  # fmt: skip
+    return summed_headers(parts)
+
+
+def _json(state: ServerState, intake: Intake, per_prompt: list[tuple[ValidRequest, list]], body: dict) -> Response:
+    headers = _record(state, intake, per_prompt)
     headers["x-qos-tier"] = intake.tier
     return json_response(body, headers=headers)
 

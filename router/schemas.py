@@ -174,7 +174,7 @@ class OpenAIRequest(Body):
         None, description="{token id: bias in [-100, 100]} added to the token's logit before sampling"
     )
     max_tokens: int | None = None
-    n: int | None = Field(None, description="only 1 is supported")
+    n: int | None = Field(None, description="choices to generate, 1 to --max-best-of (default 1)")
     seed: int | None = Field(None, ge=0, le=U64_MAX)
     stop: str | list[str] | None = None
     stream: bool = False

@@ -67,7 +67,8 @@ async def _generate(
 
 
 async def tokenize(request: Request) -> Response:
-    """The input's tokens with their character offsets (the prompt as the model will see it)."""
+    """The input's tokens with their character offsets; `parameters.truncate` is ignored, as TGI 3.x ignores it
+    here (validation.rs `prepare_input`'s `_truncate`), so this is the whole input, before any truncation."""
     state = server(request)
     authenticate(request.headers, state.settings, state.tiers)
     body = parse(GenerateRequest, await read_json(request))

@@ -9,7 +9,7 @@ answer whose message starts with "Input validation error: ".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from niyama.engine.protocol import SamplingParams
 
@@ -54,6 +54,22 @@ def check_best_of(best_of: int, settings: ServerSettings) -> None:
         raise validation_error("`best_of` != 1 is not allowed for this endpoint")
     if best_of > settings.max_best_of:
         raise validation_error(f"`best_of` must be > 0 and <= {settings.max_best_of}. Given: {best_of}")
+
+
+def choices_count(n: int | None, settings: ServerSettings) -> int:
+    """OpenAI's `n` (TGI 3.x ignores it): that many choices of one prompt, at most `--max-best-of`, the limit of
+    best_of's machinery that runs them (several sequences of one prompt side by side)."""
+    count = 1 if n is None else n
+    if not 0 < count <= settings.max_best_of:
+        raise validation_error(f"`n` must be > 0 and <= {settings.max_best_of}. Given: {count}")
+    return count
+
+
+def choice_copies(valid: ValidRequest, n: int) -> list[ValidRequest]:
+    """``valid`` run ``n`` times; a seeded request's choice i samples with seed + i: distinct, yet reproducible."""
+    if valid.params.seed is None:
+        return [valid] * n
+    return [replace(valid, params=replace(valid.params, seed=(valid.params.seed + i) % 2**64)) for i in range(n)]
 
 
 def logit_bias_pairs(given: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
