@@ -220,3 +220,20 @@ def test_tokenize_ignores_truncate_as_tgi_3(server):
     full = post(server, "/tokenize", body).json()
     assert len(full) == len(real_tokenizer().encode(body["inputs"])) > 2
     assert post(server, "/tokenize", {**body, "parameters": {"truncate": 2}}).json() == full
+
+
+def test_real_clients_read_n_choices_and_tgis_completion_stream(server):
+    """The openai and huggingface_hub clients parse n choices and TGI's completion chunks ("" then the reason)."""
+    from huggingface_hub import InferenceClient
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="-")
+    messages = chat_body()["messages"]
+    chat = client.chat.completions.create(model="my-model", messages=messages, max_tokens=3, n=2, temperature=0)
+    assert chat.model == "my-model" and [choice.index for choice in chat.choices] == [0, 1]
+    stream = list(client.completions.create(model="m", prompt="Hi", max_tokens=3, temperature=0, stream=True))
+    assert [chunk.choices[0].finish_reason for chunk in stream] == ["", "", "length"]
+    assert stream[-1].usage.completion_tokens == 3
+    hub = InferenceClient(base_url=server.url)
+    answer = hub.chat_completion(messages, max_tokens=3, n=2, temperature=0)
+    assert [choice.index for choice in answer.choices] == [0, 1]
