@@ -8,6 +8,11 @@ model name that the text-generation 0.7.0 client always sends, gets no
 `[DONE]`, because that client parses every `data:` line as JSON and crashes
 on it. The OpenAI and huggingface_hub clients end cleanly either way (they
 also stop at the end of the body), so nothing else changes for them.
+
+OpenAI's `n` (TGI 3.x ignores it) runs n copies of the validated request
+side by side, as best_of does; on /v1/completions prompt p's choice j has
+index p * n + j. A request without `max_tokens` runs until EOS, up to
+`max_total_tokens` (TGI 3.x).
 """
 
 from __future__ import annotations
