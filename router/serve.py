@@ -265,6 +265,9 @@ def server_settings(
     )  # fmt: skip
     if max_total > max_context:
         raise ValueError(f"--max-total-tokens {max_total} exceeds the model's context ({max_context})")
+    if max_total > cache_tokens:  # TGI: `max_total_tokens` must be <= `max_batch_total_tokens`
+        raise ValueError(f"--max-total-tokens {max_total} exceeds the KV cache ({cache_tokens} tokens): "
+                         "a request without a max (which may run to max total tokens) could never be admitted")
     return settings
 
 

@@ -255,3 +255,12 @@ def test_the_switching_from_tgi_table_matches_the_parser():
     for flag, variable, meaning in ((row[0].strip("| `"), row[1].strip("`"), row[2]) for row in rows):
         assert variable == (env_name(flag) if env_names(actions[flag]) else "(none)"), flag
         assert (refused[flag].instead in meaning) if flag in refused else ("refused" not in meaning), flag
+
+
+def test_max_total_tokens_must_fit_the_kv_cache_as_tgi_s_max_batch_total_tokens():
+    """A request without a max may run to --max-total-tokens; one the cache cannot hold could never start."""
+    args = parser().parse_args(["--max-total-tokens", "300"])
+    with pytest.raises(ValueError, match=r"--max-total-tokens 300 exceeds the KV cache \(160 tokens\)"):
+        serve.server_settings(args, "m", 1024, 160, "cpu")
+    assert serve.server_settings(args, "m", 1024, 320, "cpu").max_total_tokens == 300
+    assert serve.server_settings(parser().parse_args([]), "m", 1024, 160, "cpu").max_total_tokens == 160
