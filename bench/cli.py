@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serve": ("niyama.bench.serve_cli", "tier-aware load against a TGI/OpenAI server: SLO attainment, goodput"),
     "router-overhead": ("niyama.bench.router_overhead", "HTTP layer cost per streamed token, with a null worker"),
     "loop-lag": ("niyama.bench.loop_lag", "event-loop lag during long prefills, /health round trip, per-step IPC"),
+    "grammar": ("niyama.bench.grammar", "JSON-schema requests vs the same unconstrained, side by side: tokens/s"),
     "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
     "qos-truth": ("niyama.bench.qos_truth", "simulated goodput of niyama, edf, fcfs under prediction error (truth)"),

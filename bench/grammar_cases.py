@@ -1,8 +1,11 @@
-"""The grammars `niyama bench grammar` measures: eleven JSON schemas and two regexes, each with a matching text.
+"""The grammars `niyama bench grammar --libraries` compares libraries on: eleven JSON schemas and two regexes.
 
-The text is what a constrained generation would produce; walking its tokens
-through a library's matcher times one mask per generated token without a
-model, and checks that the library accepts a valid document.
+Each comes with a text it accepts, what a constrained generation would
+produce (the worker's JSON: one line, ", " and ": " between items,
+engine/grammar.py). Walking the text's tokens through a library's matcher
+times one mask per generated token without a model, and checks that the
+library accepts a valid document. (The throughput run sends the 32 schemas
+of `grammar_schemas.py` instead.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class GrammarCase:
 
 
 def _json(name: str, schema: dict, example: object) -> GrammarCase:
-    return GrammarCase(name, GrammarSpec("json", json.dumps(schema)), json.dumps(example, separators=(",", ":")))
+    return GrammarCase(name, GrammarSpec("json", json.dumps(schema)), json.dumps(example))
 
 
 PERSON = {
@@ -120,8 +123,13 @@ CASES: tuple[GrammarCase, ...] = (
     _json(
         "definitions and refs",
         {
-            "$defs": {"point": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
-                                "required": ["x", "y"]}},
+            "$defs": {
+                "point": {
+                    "type": "object",
+                    "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                    "required": ["x", "y"],
+                }
+            },
             "type": "object",
             "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
             "required": ["start", "end"],
@@ -151,9 +159,16 @@ CASES: tuple[GrammarCase, ...] = (
     _json(
         "recursive tree",
         {
-            "$defs": {"node": {"type": "object", "properties": {
-                "label": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
-                "required": ["label"]}},
+            "$defs": {
+                "node": {
+                    "type": "object",
+                    "properties": {
+                        "label": {"type": "string"},
+                        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                    },
+                    "required": ["label"],
+                }
+            },
             "$ref": "#/$defs/node",
         },
         {"label": "root", "children": [{"label": "leaf"}]},

@@ -10,7 +10,6 @@ that is not installed is skipped.
 from __future__ import annotations
 
 import importlib.util
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -67,11 +66,7 @@ def llguidance_runner(tokenizer) -> Callable[[GrammarSpec, list[int]], Walk]:
     words = (lltok.vocab_size + 31) // 32
 
     def run(spec: GrammarSpec, tokens: list[int]) -> Walk:
-        grammar = (
-            llguidance.LLMatcher.grammar_from_json_schema(spec.value)
-            if spec.kind == "json"
-            else llguidance.LLMatcher.grammar_from_regex(spec.value)
-        )
+        grammar = spec.grammar()  # as the worker builds it (engine/grammar.py)
         matcher, seconds = _timed(lambda: llguidance.LLMatcher(lltok, grammar, log_level=0))
         if matcher.is_error():
             return Walk(compile_seconds=seconds, refused=matcher.get_error())
@@ -92,9 +87,11 @@ def xgrammar_runner(tokenizer) -> Callable[[GrammarSpec, list[int]], Walk]:
     def run(spec: GrammarSpec, tokens: list[int]) -> Walk:
         try:
             compiled, seconds = _timed(
-                lambda: compiler.compile_json_schema(spec.value)
-                if spec.kind == "json"
-                else compiler.compile_regex(spec.value)
+                lambda: (
+                    compiler.compile_json_schema(spec.value)
+                    if spec.kind == "json"
+                    else compiler.compile_regex(spec.value)
+                )
             )
         except Exception as error:  # noqa: BLE001 - the library's reason is the measurement
             return Walk(refused=str(error).splitlines()[0])
@@ -188,5 +185,32 @@ def table(results: dict[str, dict[str, Walk]]) -> str:
     return "\n".join(lines)
 
 
-def as_json(results: dict[str, dict[str, Walk]]) -> str:
-    return json.dumps({lib: {name: vars(walk) for name, walk in walks.items()} for lib, walks in results.items()})
+def median_of(runs: list[dict[str, dict[str, Walk]]]) -> dict[str, dict[str, Walk]]:
+    """Several `compare` runs as one: each time the median over the runs (acceptance and refusals do not vary)."""
+    merged: dict[str, dict[str, Walk]] = {}
+    for lib, walks in runs[0].items():
+        merged[lib] = {}
+        for name, walk in walks.items():
+            each = [run[lib][name] for run in runs]
+            merged[lib][name] = Walk(
+                statistics.median(w.compile_seconds for w in each), statistics.median(w.mask_seconds for w in each),
+                walk.accepted, walk.refused,
+            )  # fmt: skip
+    return merged
+
+
+def summary(results: dict[str, dict[str, Walk]]) -> str:
+    """Markdown: one row per library, the medians over the grammars it compiled and how many it got right."""
+    lines = ["| library | compile ms (median) | mask us (median) | examples accepted | grammars refused |"]
+    lines.append("|---|---|---|---|---|")
+    for lib, walks in results.items():
+        ok = [w for w in walks.values() if not w.refused]
+        compile_ms = f"{statistics.median(w.compile_seconds for w in ok) * 1e3:.1f}" if ok else "-"
+        mask_us = f"{statistics.median(w.mask_seconds for w in ok) * 1e6:.0f}" if ok else "-"
+        accepted = sum(w.accepted for w in walks.values())
+        lines.append(f"| {lib} | {compile_ms} | {mask_us} | {accepted} / {len(walks)} | {len(walks) - len(ok)} |")
+    return "\n".join(lines)
+
+
+def as_dict(results: dict[str, dict[str, Walk]]) -> dict:
+    return {lib: {name: vars(walk) for name, walk in walks.items()} for lib, walks in results.items()}

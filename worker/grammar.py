@@ -16,6 +16,7 @@ a finished document longer.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,10 @@ class GrammarEngine:
         self.cache_size = cache_size
         self.compiled: OrderedDict[GrammarSpec, object] = OrderedDict()
         self.compiles = 0  # grammars compiled (cache misses), for tests and the bench
+        # Steps with a constrained row, their rows, and where their masks' time went, for `niyama bench grammar`:
+        # filling them on the grammar thread (beside the forward pass), and what `apply` then still waited.
+        self.masked_steps = self.masked_rows = 0
+        self.fill_seconds = self.wait_seconds = 0.0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="niyama-grammar")
         eos_only = np.zeros(self.words, dtype=np.uint32)
         for token in self.eos:
@@ -78,6 +83,7 @@ class GrammarEngine:
         return self._thread.submit(self._fill, list(matchers))
 
     def _fill(self, matchers: list[object | None]) -> torch.Tensor:
+        began = time.perf_counter()
         masks = torch.full((len(matchers), self.words), -1, dtype=torch.int32)  # -1: every token allowed
         live = [(m, i) for i, m in enumerate(matchers) if m is not None and not m.is_stopped()]
         if live:
@@ -85,15 +91,20 @@ class GrammarEngine:
         for i, m in enumerate(matchers):
             if m is not None and m.is_stopped():
                 masks[i] = self._eos_only
+        self.masked_steps += 1
+        self.masked_rows += sum(m is not None for m in matchers)
+        self.fill_seconds += time.perf_counter() - began
         return masks
 
     def apply(self, pending: Future[torch.Tensor] | None, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (sampling rows x vocab) with each constrained row's disallowed tokens at -inf."""
         if pending is None:
             return logits
-        allowed = _unpack(pending.result().to(logits.device), logits.shape[-1])
+        began = time.perf_counter()
+        masks = pending.result()
+        self.wait_seconds += time.perf_counter() - began
+        allowed = _unpack(masks.to(logits.device), logits.shape[-1])
         return logits.masked_fill(~allowed, -torch.inf)
-
 
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
@@ -103,4 +114,3 @@ def _unpack(masks: torch.Tensor, vocab: int) -> torch.Tensor:
     """(rows x words) int32 bitmasks as (rows x vocab) booleans: bit j of word w is token 32w + j."""
     bits = (masks.unsqueeze(-1) >> _SHIFTS.to(masks.device)) & 1
     return bits.reshape(masks.shape[0], -1)[:, :vocab].bool()
-

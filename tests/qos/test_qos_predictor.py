@@ -11,7 +11,7 @@ import pytest
 from niyama.qos.errors import ProfileError
 from niyama.qos.fitting import solve_least_squares
 from niyama.qos.plan import StepShape
-from niyama.qos.predictor import LatencyPredictor
+from niyama.qos.predictor import CONSTRAINED_ROW_SECONDS, LatencyPredictor
 
 PROFILE = Path(__file__).parent / "data" / "sample_profile.json"
 
@@ -113,3 +113,26 @@ def test_unknown_reference_and_missing_file(tmp_path):
         LatencyPredictor.load(str(tmp_path / "nope.json"))
     with pytest.raises(ProfileError, match="unknown reference latency model 'h100'"):
         LatencyPredictor.reference("h100")
+
+
+def test_constrained_rows_add_their_measured_mask_cost(tmp_path):
+    """Each grammar-masked row adds the profile's seconds_per_constrained_row, else CONSTRAINED_ROW_SECONDS."""
+    plain, masked = StepShape(0, 8, 1600, 0), StepShape(0, 8, 1600, 0, constrained=3)
+    reference = LatencyPredictor.reference("a100-llama3-8b")
+    assert CONSTRAINED_ROW_SECONDS == 1e-4
+    assert reference.predict(masked) - reference.predict(plain) == pytest.approx(3 * CONSTRAINED_ROW_SECONDS, rel=1e-9)
+    profile = json.loads(PROFILE.read_text())
+    assert "seconds_per_constrained_row" not in profile
+    assert LatencyPredictor.from_profile(PROFILE).constrained_row_seconds == CONSTRAINED_ROW_SECONDS
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({**profile, "seconds_per_constrained_row": 0.0025}))
+    measured = LatencyPredictor.from_profile(path)
+    # 0.01 + 2e-4 * 8 + 1e-7 * 1600 from the sample profile's first regime, then 3 rows at 2.5 ms
+    assert measured.predict(plain) == pytest.approx(0.01176, rel=1e-6)
+    assert measured.predict(masked) == pytest.approx(0.01176 + 3 * 0.0025, rel=1e-6)
+    # the online correction scales the whole step, mask cost included
+    measured.observe(masked, 2 * measured.predict(masked))
+    assert measured.predict(masked) == pytest.approx((0.01176 + 0.0075) * 2**0.05, rel=1e-6)
+    path.write_text(json.dumps({**profile, "seconds_per_constrained_row": -1}))
+    with pytest.raises(ProfileError, match="seconds_per_constrained_row: expected a non-negative number, got -1"):
+        LatencyPredictor.from_profile(path)
