@@ -64,6 +64,7 @@ class Side:
     outputs: list[list[int]]
     mask_fill_seconds: float = 0.0  # per masked step, on the grammar thread
     mask_wait_seconds: float = 0.0  # per masked step, what the sampling still waited for the thread
+    mask_apply_seconds: float = 0.0  # per masked step, that wait plus masking the logits: the critical path
 
     @property
     def tokens(self) -> int:
@@ -116,7 +117,7 @@ class SideRun:
         self.engine = runner.grammar if constrained else None
         if self.engine is not None:
             self.engine.compiled.clear()  # every schema compiles in this run, on its first step
-            self.before = self.engine.masked_steps, self.engine.fill_seconds, self.engine.wait_seconds
+            self.before = self.stats()
         self.core = EngineCore(scheduler, runner, runner.loaded.eos_token_ids, time.monotonic)
         self.outputs: dict[str, list[int]] = {f"r{i}": [] for i in range(len(todo))}
         began = time.perf_counter()
@@ -135,14 +136,15 @@ class SideRun:
         for out in step.tokens:
             self.outputs[out.request_id].append(out.token.token_id)
 
+    def stats(self) -> tuple[int, float, float, float]:
+        engine = self.engine
+        return engine.masked_steps, engine.fill_seconds, engine.wait_seconds, engine.apply_seconds
+
     def result(self) -> Side:
-        side = Side(self.seconds, list(self.outputs.values()))
-        if self.engine is not None:
-            steps, fill, wait = self.before
-            masked = max(1, self.engine.masked_steps - steps)
-            side.mask_fill_seconds = (self.engine.fill_seconds - fill) / masked
-            side.mask_wait_seconds = (self.engine.wait_seconds - wait) / masked
-        return side
+        if self.engine is None:
+            return Side(self.seconds, list(self.outputs.values()))
+        steps, *seconds = (now - then for now, then in zip(self.stats(), self.before))
+        return Side(self.seconds, list(self.outputs.values()), *(each / max(1, steps) for each in seconds))
 
 
 def lockstep(sides: list[SideRun]) -> None:
@@ -196,6 +198,7 @@ def report(rounds: Rounds, todo: list[Job], eos_token_ids: frozenset[int], new_t
         "compile_ms": {name: spread(values, 1e3) for name, values in rounds.compile_seconds.items()},
         "mask_fill_ms_per_step": spread([s.mask_fill_seconds for s in rounds.constrained], 1e3),
         "mask_wait_ms_per_step": spread([s.mask_wait_seconds for s in rounds.constrained], 1e3),
+        "mask_apply_ms_per_step": spread([s.mask_apply_seconds for s in rounds.constrained], 1e3),
         "tokens_per_s": {
             "constrained": spread([s.tokens_per_s for s in rounds.constrained]),
             "unconstrained": spread([s.tokens_per_s for s in rounds.unconstrained]),
@@ -226,6 +229,7 @@ def text(figures: dict) -> str:
         f"| **ratio constrained / unconstrained** | **{_figure(figures['ratio'], digits=3)}** |",
         f"| mask fill per step, grammar thread | {_figure(figures['mask_fill_ms_per_step'], ' ms', 2)} |",
         f"| mask wait per step, after the forward pass | {_figure(figures['mask_wait_ms_per_step'], ' ms', 2)} |",
+        f"| mask wait + apply per step (critical path) | {_figure(figures['mask_apply_ms_per_step'], ' ms', 2)} |",
         f"| tokens generated per side | {figures['generated_tokens']} |",
         f"| documents complete (ended at EOS) | {figures['complete_documents']} / {figures['requests']} |",
     ]

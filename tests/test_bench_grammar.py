@@ -46,6 +46,7 @@ def test_both_sides_generate_the_same_lengths_and_only_one_is_json(loaded):
         assert [len(o) for o in constrained.outputs] == [len(o) for o in unconstrained.outputs]
         assert all(1 <= len(o) <= 12 for o in constrained.outputs)
         assert constrained.mask_fill_seconds > 0 and unconstrained.mask_fill_seconds == 0
+        assert constrained.mask_apply_seconds >= constrained.mask_wait_seconds >= 0
     # greedy: every round writes the same documents, which start as every one of these schemas' objects does
     assert rounds.constrained[0].outputs == rounds.constrained[1].outputs
     texts = [loaded.tokenizer.decode(o) for o in rounds.constrained[0].outputs]
