@@ -21,6 +21,7 @@ BENCHMARKS = {
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
     "qos-truth": ("niyama.bench.qos_truth", "simulated goodput of niyama, edf, fcfs under prediction error (truth)"),
     "emulated": ("niyama.bench.evaluate_emulated", "fcfs, edf, niyama served on an emulated A100, beside simulation"),
+    "prefill": ("niyama.bench.prefill", "chunked prefill and long-context decode vs one forward pass (in-process)"),
 }
 
 

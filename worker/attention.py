@@ -6,9 +6,14 @@ step's layout (`StepAttention`, passed to the model's forward as the keyword
 argument ``niyama_step``): it writes the new keys and values to their cache
 slots, then attends each request's queries over that request's own slots.
 
-Single-token queries (decodes) of all requests run as one padded batch; each
-longer chunk runs on its own. Grouped-query heads go to SDPA as they are
+A request whose blocks are consecutive (``Context.base``; the allocator hands
+a lone or long request consecutive blocks) is read in place: its keys and
+values are a view of the cache, never copied. Other contexts are gathered,
+whole blocks at once. Grouped-query heads go to SDPA as they are
 (``enable_gqa``), so keys and values are never repeated per query head.
+Measured on a CPU (`niyama bench prefill`, docs/results/prefill.md): a view
+costs SDPA nothing over a contiguous copy, while the copy it replaces cost as
+much as the attention at long context.
 """
 
 from __future__ import annotations
@@ -23,19 +28,45 @@ ATTENTION_NAME = "niyama_paged"
 
 
 @dataclass
-class ChunkAttention:
-    """A chunk of more than one query token: rows ``[row, row + length)`` of the step.
+class Context:
+    """Where positions ``[0, end)`` of one request live: from slot ``base`` on, or in ``blocks`` (gathered)."""
 
-    A chunk that starts a request (position 0) attends only to itself, so it
-    uses the fresh keys and values and SDPA's causal kernel, which skips the
-    masked half. A later chunk reads its whole context from the cache, with
-    a causal mask offset by its start.
+    end: int
+    base: int | None = None  # first slot, when the request's blocks are consecutive
+    blocks: torch.Tensor | None = None  # (ceil(end / block_size),) block ids otherwise
+
+    def read(self, cache: torch.Tensor, block_size: int) -> torch.Tensor:
+        """(1, kv_heads, end, D): a view of the cache when in place, else a copy of the request's blocks."""
+        if self.base is not None:
+            rows = cache[self.base : self.base + self.end]
+        else:
+            rows = cache.view(-1, block_size, *cache.shape[1:]).index_select(0, self.blocks).flatten(0, 1)[: self.end]
+        return rows.transpose(0, 1).unsqueeze(0)
+
+    def to(self, device: torch.device) -> Context:
+        return replace(self, blocks=None if self.blocks is None else self.blocks.to(device))
+
+
+@dataclass
+class ChunkAttention:
+    """A query chunk: rows ``[row, row + length)`` of the step.
+
+    A chunk of several tokens that starts a request (``context`` None) attends
+    only to itself, so it uses the fresh keys and values and SDPA's causal
+    kernel, which skips the masked half. A later chunk reads its context
+    from the cache, with a causal mask offset by its start (``mask``, built
+    once per step and shared by the layers). A single query row (a decode)
+    attends to its whole context and needs no mask.
     """
 
     row: int
     length: int
-    context_slots: torch.Tensor | None = None  # (start + length,) slots, None for a first chunk
-    mask: torch.Tensor | None = None  # (length, start + length), True where allowed
+    context: Context | None = None
+    mask: torch.Tensor | None = None  # (length, context.end), True where allowed; None for one row
+
+    def to(self, device: torch.device) -> ChunkAttention:
+        context = None if self.context is None else self.context.to(device)
+        return ChunkAttention(self.row, self.length, context, None if self.mask is None else self.mask.to(device))
 
 
 @dataclass
@@ -44,8 +75,8 @@ class StepAttention:
     values: list[torch.Tensor]
     block_size: int
     write_slots: torch.Tensor  # (T,) slot of every token of the step
-    chunks: list[ChunkAttention]
-    decode_rows: torch.Tensor | None = None  # (B,) rows of single-token queries
+    chunks: list[ChunkAttention]  # every chunk read on its own: prefill chunks and decodes read in place
+    decode_rows: torch.Tensor | None = None  # (B,) rows of single-token queries batched over gathered blocks
     decode_blocks: torch.Tensor | None = None  # (B, blocks) each row's blocks, padded with its first
     decode_mask: torch.Tensor | None = None  # (B, 1, 1, blocks * block_size) True on real positions
     copies: dict[torch.device, StepAttention] = field(default_factory=dict)
@@ -59,10 +90,10 @@ class StepAttention:
             def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
                 return None if tensor is None else tensor.to(device)
 
-            chunks = [ChunkAttention(c.row, c.length, move(c.context_slots), move(c.mask)) for c in self.chunks]
             self.copies[device] = replace(
-                self, write_slots=move(self.write_slots), chunks=chunks, decode_rows=move(self.decode_rows),
-                decode_blocks=move(self.decode_blocks), decode_mask=move(self.decode_mask), copies={},
+                self, write_slots=move(self.write_slots), chunks=[c.to(device) for c in self.chunks],
+                decode_rows=move(self.decode_rows), decode_blocks=move(self.decode_blocks),
+                decode_mask=move(self.decode_mask), copies={},
             )  # fmt: skip
         return self.copies[device]
 
@@ -99,17 +130,17 @@ def paged_attention_forward(
         v = _gather_blocks(cache_v, step.decode_blocks, step.block_size, kv_heads, dim)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling, enable_gqa=True)
         out[rows] = o[:, :, 0, :]
+    block = step.block_size
     for chunk in step.chunks:
         span = slice(chunk.row, chunk.row + chunk.length)
         q = query[:, :, span, :]
-        if chunk.context_slots is None:
-            o = F.scaled_dot_product_attention(
-                q, key[:, :, span, :], value[:, :, span, :], is_causal=True, scale=scaling, enable_gqa=True
-            )
+        if chunk.context is None:
+            k, v, causal = key[:, :, span, :], value[:, :, span, :], True
         else:
-            k = cache_k.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
-            v = cache_v.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.mask, scale=scaling, enable_gqa=True)
+            k, v, causal = chunk.context.read(cache_k, block), chunk.context.read(cache_v, block), False
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=chunk.mask, is_causal=causal, scale=scaling, enable_gqa=True
+        )
         out[span] = o[0].transpose(0, 1)
     return out.unsqueeze(0), None
 

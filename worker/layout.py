@@ -1,7 +1,8 @@
 """Lay a plan out as one ragged sequence: token ids, positions, cache slots, logit rows.
 
 Everything a step needs on the device is built here once, on the host, and
-shared by every layer's attention call.
+shared by every layer's attention call: which requests' contexts are read in
+place (consecutive blocks) and which are gathered.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from niyama.qos.plan import Chunk, Plan
 
-from .attention import ChunkAttention, StepAttention, offset_causal_mask
+from .attention import ChunkAttention, Context, StepAttention, offset_causal_mask
 from .kv_cache import PagedKVCache
 from .sequence import Sequence
 
@@ -48,6 +49,9 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
     prompt_rows: list[PromptRows] = []
     single_queries: list[tuple[int, tuple[int, ...], int]] = []  # row, block table, context length
     chunks: list[ChunkAttention] = []
+    # A decode in place is one SDPA call per request: on a CPU cheaper than copying its context into a
+    # batch (`niyama bench prefill`); a GPU would pay a kernel launch per request, so it keeps the batch.
+    in_place_decodes = device.type == "cpu"
     for chunk in plan.chunks:
         seq = sequences[chunk.request_id]
         table = plan.block_tables[chunk.request_id]
@@ -67,18 +71,18 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
         if chunk.sample:
             sample_rows.append(len(keep))
             keep.append(row + chunk.length - 1)
-        if chunk.length == 1:
-            # One query row: the batched paged path, whether it is a decode (``Chunk.is_decode``, the
-            # scheduler's and the latency model's notion) or a one-token prefill chunk; the attention
-            # is the same.
+        context = _context(table, chunk.end, block_size) if chunk.start or chunk.length == 1 else None
+        if chunk.length == 1 and not (in_place_decodes and context.base is not None):
+            # One query row over gathered blocks: all of them run as one padded batch, whether a decode
+            # (``Chunk.is_decode``, the scheduler's and the latency model's notion) or a one-token prefill chunk.
             single_queries.append((row, table, chunk.end))
-        elif chunk.start == 0:
+        elif chunk.length == 1:
+            chunks.append(ChunkAttention(row, 1, context))
+        elif context is None:
             chunks.append(ChunkAttention(row, chunk.length))
         else:
-            context = _slots(table, chunk.end, block_size).to(device)
-            chunks.append(
-                ChunkAttention(row, chunk.length, context, offset_causal_mask(chunk.length, chunk.start, device))
-            )
+            mask = offset_causal_mask(chunk.length, chunk.start, device)
+            chunks.append(ChunkAttention(row, chunk.length, context.to(device), mask))
     attention = StepAttention(
         keys=cache.keys,
         values=cache.values,
@@ -102,9 +106,12 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
     )
 
 
-def _slots(table: tuple[int, ...], end: int, block_size: int) -> torch.Tensor:
-    blocks = torch.tensor(table[: -(-end // block_size)], dtype=torch.long)
-    return (blocks.unsqueeze(1) * block_size + torch.arange(block_size)).flatten()[:end]
+def _context(table: tuple[int, ...], end: int, block_size: int) -> Context:
+    """Positions ``[0, end)`` of a request: in place when its blocks are consecutive, else by block ids."""
+    used = tuple(table[: -(-end // block_size)])  # a list from a pipe compares unequal to a tuple
+    if used == tuple(range(used[0], used[0] + len(used))):
+        return Context(end, base=used[0] * block_size)
+    return Context(end, blocks=torch.tensor(used, dtype=torch.long))
 
 
 def _decode_context(
