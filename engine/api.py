@@ -20,6 +20,7 @@ class GenerationHandle(Protocol):
     request: GenerationRequest
     slo: SloTracker
     admitted: float | None  # when its first step ran (TGI's queue time ends there)
+    cached_tokens: int  # prompt tokens it took from the prefix cache rather than computing them
     finished: float | None  # when it ended, however it ended
     finish_reason: str | None
     error: str | None

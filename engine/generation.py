@@ -30,6 +30,7 @@ class Generation:
         self.request = request
         self.slo = SloTracker(targets, request.arrival)
         self.admitted: float | None = None  # first step that computed any of it
+        self.cached_tokens = 0  # prompt tokens it took from the prefix cache (as of its first token)
         self.finished: float | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None

@@ -112,8 +112,9 @@ class AsyncEngine:
             now = self.clock()
             for chunk in plan.chunks:
                 generation = self.generations.get(chunk.request_id)
-                if generation is not None and generation.admitted is None:
-                    generation.admitted = now
+                if generation is not None and generation.tokens == 0:  # (re)admitted: what its prefill reused
+                    generation.admitted = generation.admitted if generation.admitted is not None else now
+                    generation.cached_tokens = self.core.scheduler.cached_tokens(chunk.request_id)
             try:
                 result = await loop.run_in_executor(self._executor, self.core.worker.execute, plan)
             except Exception as error:  # noqa: BLE001 - one failed step must not stop the server

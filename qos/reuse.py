@@ -45,8 +45,8 @@ def take(state: RequestState, allocator: BlockAllocator, importance: float) -> i
     return state.reused
 
 
-def give_back(state: RequestState, allocator: BlockAllocator) -> None:
-    """Undo `take` for a request that got no chunk after all: it waits with nothing held."""
+def requeue(state: RequestState, allocator: BlockAllocator) -> None:
+    """Give back every block it holds (preempted, or admitted with no room after all): it waits, holding nothing."""
     allocator.free(state.id)
     state.table, state.capacity, state.computed, state.reused = (), 0, 0, 0
     expect(state, allocator)

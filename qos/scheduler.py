@@ -36,7 +36,7 @@ from .preemption import kv_victim, may_wait
 from .queues import TierQueues
 from .relegation import choose_relegations
 from .request import Request
-from .reuse import expect, give_back, record, take
+from .reuse import record, requeue, take
 from .state import DECODING, DONE, PREFILLING, QUEUED, RequestState
 from .stats import SchedulerStats, TierCounters
 from .tiers import SloTargets
@@ -115,6 +115,11 @@ class Scheduler:
             self._counts.relegated_alive[state.tier_index] -= 1
         state.phase = DONE
         del self._states[state.id]
+
+    def cached_tokens(self, request_id: str) -> int:
+        """Known tokens the request took from the prefix cache at its (last) admission; 0 once released."""
+        state = self._states.get(request_id)
+        return state.reused if state is not None else 0
 
     def outlook(self, request: Request, now: float) -> Outlook:
         """How ``request`` would fare here, without queueing it (the front router's view; see ``routing``).
@@ -216,7 +221,7 @@ class Scheduler:
                 if tokens <= 0:
                     if state.phase is QUEUED:  # it waits with nothing held: its work as it expects it now
                         self._queues.remove(state)
-                        give_back(state, self.allocator)
+                        requeue(state, self.allocator)
                         self._queues.push(state, self._key(state))
                     continue
                 start = state.computed
@@ -299,15 +304,11 @@ class Scheduler:
 
     def _preempt(self, state: RequestState, preempted: list[str]) -> None:
         """Take a running request's blocks back; it is queued again and recomputed later."""
-        self.allocator.free(state.id)
+        requeue(state, self.allocator)
         if state.phase is DECODING:
             del self._decoding[state.id]
         else:
             del self._prefilling[state.id]
-        state.table = ()
-        state.capacity = 0
-        state.computed = 0
-        expect(state, self.allocator)
         state.phase = QUEUED
         self._queues.push(state, self._key(state))
         self._counts.preempted_total[state.tier_index] += 1

@@ -166,11 +166,12 @@ class Inference:
             "x-time-per-token": str(int(inference * 1000 / max(generated, 1))),
             "x-prompt-tokens": str(valid.input_length),
             "x-generated-tokens": str(generated),
+            "x-cached-tokens": str(generation.cached_tokens),  # extension: prompt tokens the prefix cache served
         }
 
 
 SUMMED_MILLISECONDS = ("x-total-time", "x-validation-time", "x-queue-time", "x-inference-time", "x-time-per-token")
-SUMMED_COUNTS = ("x-compute-characters", "x-prompt-tokens", "x-generated-tokens")
+SUMMED_COUNTS = ("x-compute-characters", "x-prompt-tokens", "x-generated-tokens", "x-cached-tokens")
 
 
 def summed_headers(parts: list[dict[str, str]]) -> dict[str, str]:

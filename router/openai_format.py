@@ -28,12 +28,16 @@ def finish_reason(reason: str | None) -> str | None:
     return "stop" if reason == "eos_token" else reason
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens` only when the prefix cache served some (TGI has none)."""
+    counts: dict = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens:
+        counts["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return counts
 
 
 def token_logprob(event: TokenEvent, tokenizer: TextTokenizer) -> dict:
@@ -75,8 +79,9 @@ class OpenAIFormatter:
         """One choice per sequence (`n`); usage counts the prompt once and every choice's tokens."""
         choices = [self._chat_choice(index, sequence) for index, sequence in enumerate(sequences)]
         completion_tokens = sum(sequence.generated_tokens for sequence in sequences)
+        cached = sequences[0].generation.cached_tokens
         return {**self._envelope("chat.completion"), "choices": choices,
-                "usage": usage(prompt_tokens, completion_tokens)}  # fmt: skip
+                "usage": usage(prompt_tokens, completion_tokens, cached)}  # fmt: skip
 
     def chat_chunks(self, batch: list[TokenEvent], index: int = 0) -> bytes:
         return b"".join(self.chat_chunk(event, index) for event in batch)
@@ -95,12 +100,11 @@ class OpenAIFormatter:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return sse(orjson.dumps({**self._envelope("chat.completion.chunk"), "choices": [choice], "usage": None}))
 
-    def usage_chunk(self, kind: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return sse(
-            orjson.dumps({**self._envelope(kind), "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-        )
+    def usage_chunk(self, kind: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> bytes:
+        counts = usage(prompt_tokens, completion_tokens, cached_tokens)
+        return sse(orjson.dumps({**self._envelope(kind), "choices": [], "usage": counts}))
 
-    def completion(self, sequences: list[Sequence], prompt_tokens: int) -> dict:
+    def completion(self, sequences: list[Sequence], prompt_tokens: int, cached_tokens: int) -> dict:
         """One choice per sequence, in the order given (prompt by prompt, each prompt's `n` choices)."""
         choices = [
             {"index": index, "text": sequence.pipeline.visible, "logprobs": None,
@@ -109,17 +113,17 @@ class OpenAIFormatter:
         ]  # fmt: skip
         completion_tokens = sum(sequence.generated_tokens for sequence in sequences)
         return {**self._envelope("text_completion"), "choices": choices,
-                "usage": usage(prompt_tokens, completion_tokens)}  # fmt: skip
+                "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}  # fmt: skip
 
-    def completion_chunks(self, index: int, prompt_tokens: int, batch: list[TokenEvent]) -> bytes:
+    def completion_chunks(self, index: int, prompt_tokens: int, batch: list[TokenEvent], cached_tokens: int) -> bytes:
         """TGI's chunks for choice ``index``: `finish_reason` "" until the last, which adds its own usage."""
-        return b"".join(self._completion_chunk(index, prompt_tokens, event) for event in batch)
+        return b"".join(self._completion_chunk(index, prompt_tokens, event, cached_tokens) for event in batch)
 
-    def _completion_chunk(self, index: int, prompt_tokens: int, event: TokenEvent) -> bytes:
+    def _completion_chunk(self, index: int, prompt_tokens: int, event: TokenEvent, cached_tokens: int) -> bytes:
         choice = {"index": index, "text": event.delta, "logprobs": None, "finish_reason": event.finish_reason or ""}
         chunk = {**self._envelope("text_completion"), "choices": [choice]}
         if event.finish_reason is not None:
-            chunk["usage"] = usage(prompt_tokens, event.index)
+            chunk["usage"] = usage(prompt_tokens, event.index, cached_tokens)
         return sse(orjson.dumps(chunk))
 
 

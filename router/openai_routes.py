@@ -139,7 +139,8 @@ async def _chat(request: Request, body: ChatRequest, intake: Intake, structured:
 
     def tail() -> bytes:
         generated = sum(run.pipeline.count for run in runs)
-        usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, generated)
+        cached = runs[0].generation.cached_tokens
+        usage = formatter.usage_chunk("chat.completion.chunk", valid.input_length, generated, cached)
         last = finish(runs[0].pipeline.finish_reason) if finish is not None else b""
         return last + (usage if include_usage else b"") + (DONE if send_done else b"")
 
@@ -176,18 +177,21 @@ async def completions(request: Request) -> Response:
     if not body.stream:
         sequences = [group[0] for group in await complete_answer(request, copies, intake)]
         per_prompt = [(valid, sequences[i * n : (i + 1) * n]) for i, valid in enumerate(valids)]
-        return _json(state, intake, per_prompt, formatter.completion(sequences, prompt_tokens))
+        cached = sum(choices[0].generation.cached_tokens for _, choices in per_prompt)
+        return _json(state, intake, per_prompt, formatter.completion(sequences, prompt_tokens, cached))
     admitted = await state.inference.start_admitted(intake.caller, copies, intake.tier, intake.targets)
     runs = [
         Run(generation, pipeline,
-            lambda batch, index=index: formatter.completion_chunks(index, copies[index].input_length, batch))
+            lambda batch, index=index, generation=generation: formatter.completion_chunks(
+                index, copies[index].input_length, batch, generation.cached_tokens))
         for index, (generation, pipeline) in enumerate(admitted.started)
     ]  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def tail() -> bytes:
         completion_tokens = sum(run.pipeline.count for run in runs)
-        usage = formatter.usage_chunk("text_completion", prompt_tokens, completion_tokens)
+        cached = sum(runs[i * n].generation.cached_tokens for i in range(len(valids)))
+        usage = formatter.usage_chunk("text_completion", prompt_tokens, completion_tokens, cached)
         return (usage if include_usage else b"") + DONE
 
     per_prompt = [(valid, runs[i * n : (i + 1) * n]) for i, valid in enumerate(valids)]

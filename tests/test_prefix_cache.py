@@ -226,3 +226,29 @@ def test_metrics_show_each_tier_s_cached_and_computed_prompt_tokens():
         assert cached + computed == 3 * prompt_tokens
         assert metric(server, "niyama_kv_blocks_cached") >= prompt_tokens // 16
         assert metric(server, "niyama_kv_evictions_total") == 0
+
+
+def test_answers_report_the_prompt_tokens_the_cache_served():
+    """OpenAI's usage.prompt_tokens_details.cached_tokens (absent when none, as TGI's usage), x-cached-tokens."""
+    from openai import OpenAI
+
+    text = "Summarise: " + "the meeting moved to Tuesday and the budget was approved. " * 8
+    with tiny_server() as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="-")
+        messages = [{"role": "user", "content": text}]
+        first = client.chat.completions.create(model="m", messages=messages, max_tokens=2, temperature=0)
+        again = client.chat.completions.create(model="m", messages=messages, max_tokens=2, temperature=0)
+        prompt_tokens = first.usage.prompt_tokens
+        assert first.usage.prompt_tokens_details is None
+        assert again.usage.prompt_tokens_details.cached_tokens == (prompt_tokens - 1) // 16 * 16
+        client.completions.create(model="m", prompt=text, max_tokens=2)
+        stream = client.completions.create(model="m", prompt=text, max_tokens=2, stream=True,
+                                           stream_options={"include_usage": True})  # fmt: skip
+        chunks = list(stream)
+        requests.post(server.url + "/generate", json={"inputs": text, "parameters": {"max_new_tokens": 1}}, timeout=30)
+        answer = requests.post(server.url + "/generate", json={"inputs": text, "parameters": {"max_new_tokens": 1}},
+                               timeout=30)  # fmt: skip
+    completion_prompt = chunks[-1].usage.prompt_tokens
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == (completion_prompt - 1) // 16 * 16
+    generate_prompt = int(answer.headers["x-prompt-tokens"])
+    assert int(answer.headers["x-cached-tokens"]) == (generate_prompt - 1) // 16 * 16
