@@ -220,7 +220,7 @@ def text(figures: dict) -> str:
     tps = figures["tokens_per_s"]
     lines += [
         f"{figures['model']} on {figures['device']}: {figures['requests']} concurrent requests, at most "
-        f"{figures['new_tokens']} new tokens, greedy, {figures['rounds']} rounds: median (min-max)",
+        f"{figures['new_tokens']} new tokens, greedy; median (min-max) of {figures['rounds']} round(s)",
         "",
         "| figure | value |",
         "|---|---|",
