@@ -45,7 +45,7 @@ from niyama.worker.loading import LoadedModel, load_model
 from niyama.worker.runner import ModelRunner
 
 from . import grammar_libraries
-from .engine import attention, make_runner
+from .engine import make_runner
 from .grammar_schemas import SCHEMAS
 
 
@@ -162,23 +162,22 @@ def measure(loaded: LoadedModel, todo: list[Job], new_tokens: int, budget: int, 
     rounds = Rounds({job.name: [] for job in todo})
     specs = {job.name: job.spec for job in todo}
     limits = [new_tokens] * len(todo)
-    with attention(loaded.model, "sdpa"):
-        warm_up = SideRun(constrained_runner, todo, limits, True, budget)
-        lockstep([warm_up])
-        lengths = [len(output) for output in warm_up.result().outputs]
-        for index in range(repeats):
-            for name, seconds in zip(specs, compile_seconds(constrained_runner, list(specs.values()))):
-                rounds.compile_seconds[name].append(seconds)
-            sides = [SideRun(constrained_runner, todo, limits, True, budget),
-                     SideRun(plain_runner, todo, lengths, False, budget)]  # fmt: skip
-            lockstep(sides if index % 2 == 0 else sides[::-1])
-            constrained, plain = (side.result() for side in sides)
-            rounds.constrained.append(constrained)
-            rounds.unconstrained.append(plain)
-            print(
-                f"round {index + 1}: constrained {constrained.tokens_per_s:.1f} tokens/s, "
-                f"unconstrained {plain.tokens_per_s:.1f} tokens/s", file=sys.stderr,
-            )  # fmt: skip
+    warm_up = SideRun(constrained_runner, todo, limits, True, budget)
+    lockstep([warm_up])
+    lengths = [len(output) for output in warm_up.result().outputs]
+    for index in range(repeats):
+        for name, seconds in zip(specs, compile_seconds(constrained_runner, list(specs.values()))):
+            rounds.compile_seconds[name].append(seconds)
+        sides = [SideRun(constrained_runner, todo, limits, True, budget),
+                 SideRun(plain_runner, todo, lengths, False, budget)]  # fmt: skip
+        lockstep(sides if index % 2 == 0 else sides[::-1])
+        constrained, plain = (side.result() for side in sides)
+        rounds.constrained.append(constrained)
+        rounds.unconstrained.append(plain)
+        print(
+            f"round {index + 1}: constrained {constrained.tokens_per_s:.1f} tokens/s, "
+            f"unconstrained {plain.tokens_per_s:.1f} tokens/s", file=sys.stderr,
+        )  # fmt: skip
     return rounds
 
 
