@@ -6,14 +6,17 @@ step's layout (`StepAttention`, passed to the model's forward as the keyword
 argument ``niyama_step``): it writes the new keys and values to their cache
 slots, then attends each request's queries over that request's own slots.
 
-A request whose blocks are consecutive (``Context.base``; the allocator hands
-a lone or long request consecutive blocks) is read in place: its keys and
-values are a view of the cache, never copied. Other contexts are gathered,
-whole blocks at once. Grouped-query heads go to SDPA as they are
-(``enable_gqa``), so keys and values are never repeated per query head.
-Measured on a CPU (`niyama bench prefill`, docs/results/prefill.md): a view
-costs SDPA nothing over a contiguous copy, while the copy it replaces cost as
-much as the attention at long context.
+On a CPU nothing is copied out of the cache and no mask is built: a query
+chunk attends to its own fresh keys and values with SDPA's causal kernel and
+to its cached context without a mask, piece by piece (``Context``): each run
+of consecutive blocks is a view of the cache, the few scattered blocks are
+gathered together; the pieces' outputs are merged by their log-sum-exp. A
+decode is the same without the fresh part. Other devices copy each context
+out and attend with an offset causal mask, decodes as one padded batch
+(``decode_rows``): a paged kernel is what they need (docs/worker.md).
+Grouped-query heads go to the kernels as they are, so keys and values are
+never repeated per query head. Measured on a CPU with `niyama bench prefill`
+(docs/results/prefill.md).
 """
 
 from __future__ import annotations
@@ -29,40 +32,41 @@ ATTENTION_NAME = "niyama_paged"
 
 @dataclass
 class Context:
-    """Where positions ``[0, end)`` of one request live: from slot ``base`` on, or in ``blocks`` (gathered)."""
+    """Cached keys a query attends to: runs of consecutive slots read in place, and scattered slots gathered.
 
-    end: int
-    base: int | None = None  # first slot, when the request's blocks are consecutive
-    blocks: torch.Tensor | None = None  # (ceil(end / block_size),) block ids otherwise
+    Without a mask, attention does not depend on the order of its keys, so the
+    scattered slots can be gathered in any order and each run stays a view.
+    """
 
-    def read(self, cache: torch.Tensor, block_size: int) -> torch.Tensor:
-        """(1, kv_heads, end, D): a view of the cache when in place, else a copy of the request's blocks."""
-        if self.base is not None:
-            rows = cache[self.base : self.base + self.end]
-        else:
-            rows = cache.view(-1, block_size, *cache.shape[1:]).index_select(0, self.blocks).flatten(0, 1)[: self.end]
-        return rows.transpose(0, 1).unsqueeze(0)
+    runs: tuple[tuple[int, int], ...] = ()  # (first slot, length): views of the cache
+    slots: torch.Tensor | None = None  # slots copied out together; with a mask, every slot in position order
+
+    def pieces(self, cache: torch.Tensor) -> list[torch.Tensor]:
+        """(1, kv_heads, n, D) keys or values of each piece."""
+        rows = [cache[first : first + length] for first, length in self.runs]
+        if self.slots is not None:
+            rows.append(cache.index_select(0, self.slots))
+        return [piece.transpose(0, 1).unsqueeze(0) for piece in rows]
 
     def to(self, device: torch.device) -> Context:
-        return replace(self, blocks=None if self.blocks is None else self.blocks.to(device))
+        return replace(self, slots=None if self.slots is None else self.slots.to(device))
 
 
 @dataclass
 class ChunkAttention:
-    """A query chunk: rows ``[row, row + length)`` of the step.
+    """A query chunk: rows ``[row, row + length)`` of the step, at positions ``start`` on.
 
-    A chunk of several tokens that starts a request (``context`` None) attends
-    only to itself, so it uses the fresh keys and values and SDPA's causal
-    kernel, which skips the masked half. A later chunk reads its context
-    from the cache, with a causal mask offset by its start (``mask``, built
-    once per step and shared by the layers). A single query row (a decode)
-    attends to its whole context and needs no mask.
+    A chunk of several rows attends to its fresh keys and values (causally)
+    and to its ``context``, the positions before it. A single row (a decode)
+    attends to its ``context`` alone, which holds its own position too. With
+    a ``mask`` (devices other than a CPU) the context is every position up to
+    the chunk's end, gathered in order, and the mask is the offset causal one.
     """
 
     row: int
     length: int
     context: Context | None = None
-    mask: torch.Tensor | None = None  # (length, context.end), True where allowed; None for one row
+    mask: torch.Tensor | None = None  # (length, end), True where allowed
 
     def to(self, device: torch.device) -> ChunkAttention:
         context = None if self.context is None else self.context.to(device)
@@ -130,19 +134,41 @@ def paged_attention_forward(
         v = _gather_blocks(cache_v, step.decode_blocks, step.block_size, kv_heads, dim)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.decode_mask, scale=scaling, enable_gqa=True)
         out[rows] = o[:, :, 0, :]
-    block = step.block_size
     for chunk in step.chunks:
         span = slice(chunk.row, chunk.row + chunk.length)
         q = query[:, :, span, :]
-        if chunk.context is None:
-            k, v, causal = key[:, :, span, :], value[:, :, span, :], True
+        if chunk.mask is not None:
+            (k,), (v,) = chunk.context.pieces(cache_k), chunk.context.pieces(cache_v)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.mask, scale=scaling, enable_gqa=True)
         else:
-            k, v, causal = chunk.context.read(cache_k, block), chunk.context.read(cache_v, block), False
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=chunk.mask, is_causal=causal, scale=scaling, enable_gqa=True
-        )
+            pieces = [(key[:, :, span, :], value[:, :, span, :], True)] if chunk.length > 1 else []
+            if chunk.context is not None:
+                pieces += [(k, v, False) for k, v in zip(chunk.context.pieces(cache_k), chunk.context.pieces(cache_v))]
+            o = _attend_pieces(q, pieces, scaling)
         out[span] = o[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _attend_pieces(
+    query: torch.Tensor, pieces: list[tuple[torch.Tensor, torch.Tensor, bool]], scale: float | None
+) -> torch.Tensor:
+    """Attention over the union of the pieces' keys: each piece on its own, merged by log-sum-exp.
+
+    Only a CPU takes several pieces; its flash kernel returns the log-sum-exp
+    that the merge needs (no public API does).
+    """
+    if len(pieces) == 1:
+        ((k, v, causal),) = pieces
+        return F.scaled_dot_product_attention(query, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    out, lse = None, None
+    for k, v, causal in pieces:
+        o, o_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, k, v, 0.0, causal, scale=scale)[:2]
+        if out is None:
+            out, lse = o, o_lse
+        else:
+            share = torch.sigmoid(lse - o_lse).unsqueeze(-1)  # of the keys so far: Z / (Z + Z_piece)
+            out, lse = o + (out - o) * share, torch.logaddexp(lse, o_lse)
+    return out
 
 
 def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int, kv_heads: int, dim: int) -> torch.Tensor:

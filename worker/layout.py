@@ -1,8 +1,8 @@
 """Lay a plan out as one ragged sequence: token ids, positions, cache slots, logit rows.
 
 Everything a step needs on the device is built here once, on the host, and
-shared by every layer's attention call: which requests' contexts are read in
-place (consecutive blocks) and which are gathered.
+shared by every layer's attention call: on a CPU, which runs of each
+request's blocks are read in place and which blocks are gathered.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from niyama.qos.plan import Chunk, Plan
 from .attention import ChunkAttention, Context, StepAttention, offset_causal_mask
 from .kv_cache import PagedKVCache
 from .sequence import Sequence
+
+# A shorter run of consecutive blocks is gathered with the scattered ones: a view of it would cost one more
+# attention call per layer than the copy saves.
+IN_PLACE_MIN_BLOCKS = 4
 
 
 @dataclass
@@ -49,9 +53,8 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
     prompt_rows: list[PromptRows] = []
     single_queries: list[tuple[int, tuple[int, ...], int]] = []  # row, block table, context length
     chunks: list[ChunkAttention] = []
-    # A decode in place is one SDPA call per request: on a CPU cheaper than copying its context into a
-    # batch (`niyama bench prefill`); a GPU would pay a kernel launch per request, so it keeps the batch.
-    in_place_decodes = device.type == "cpu"
+    # A CPU reads contexts in place, one request at a time (attention.py); other devices keep the batch.
+    in_place = device.type == "cpu"
     for chunk in plan.chunks:
         seq = sequences[chunk.request_id]
         table = plan.block_tables[chunk.request_id]
@@ -71,18 +74,21 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
         if chunk.sample:
             sample_rows.append(len(keep))
             keep.append(row + chunk.length - 1)
-        context = _context(table, chunk.end, block_size) if chunk.start or chunk.length == 1 else None
-        if chunk.length == 1 and not (in_place_decodes and context.base is not None):
-            # One query row over gathered blocks: all of them run as one padded batch, whether a decode
-            # (``Chunk.is_decode``, the scheduler's and the latency model's notion) or a one-token prefill chunk.
-            single_queries.append((row, table, chunk.end))
+        if in_place and chunk.length == 1:
+            chunks.append(ChunkAttention(row, 1, _context(table, chunk.end, block_size)))
         elif chunk.length == 1:
-            chunks.append(ChunkAttention(row, 1, context))
-        elif context is None:
+            # One query row: the batched paged path, whether it is a decode (``Chunk.is_decode``, the
+            # scheduler's and the latency model's notion) or a one-token prefill chunk.
+            single_queries.append((row, table, chunk.end))
+        elif chunk.start == 0:
             chunks.append(ChunkAttention(row, chunk.length))
+        elif in_place:
+            chunks.append(ChunkAttention(row, chunk.length, _context(table, chunk.start, block_size)))
         else:
-            mask = offset_causal_mask(chunk.length, chunk.start, device)
-            chunks.append(ChunkAttention(row, chunk.length, context.to(device), mask))
+            context = Context(slots=_slots(table, chunk.end, block_size).to(device))
+            chunks.append(
+                ChunkAttention(row, chunk.length, context, offset_causal_mask(chunk.length, chunk.start, device))
+            )
     attention = StepAttention(
         keys=cache.keys,
         values=cache.values,
@@ -106,12 +112,28 @@ def lay_out(plan: Plan, sequences: dict[str, Sequence], cache: PagedKVCache) -> 
     )
 
 
+def _slots(table: tuple[int, ...], end: int, block_size: int) -> torch.Tensor:
+    blocks = torch.tensor(table[: -(-end // block_size)], dtype=torch.long)
+    return (blocks.unsqueeze(1) * block_size + torch.arange(block_size)).flatten()[:end]
+
+
 def _context(table: tuple[int, ...], end: int, block_size: int) -> Context:
-    """Positions ``[0, end)`` of a request: in place when its blocks are consecutive, else by block ids."""
-    used = tuple(table[: -(-end // block_size)])  # a list from a pipe compares unequal to a tuple
-    if used == tuple(range(used[0], used[0] + len(used))):
-        return Context(end, base=used[0] * block_size)
-    return Context(end, blocks=torch.tensor(used, dtype=torch.long))
+    """Positions ``[0, end)`` of a request: its runs of at least ``IN_PLACE_MIN_BLOCKS`` consecutive blocks
+    in place, the slots of its other blocks to gather."""
+    used = table[: -(-end // block_size)]
+    runs: list[tuple[int, int]] = []
+    scattered: list[int] = []
+    first = 0
+    for index in range(1, len(used) + 1):
+        if index < len(used) and used[index] == used[index - 1] + 1:
+            continue
+        slot, length = used[first] * block_size, min(index * block_size, end) - first * block_size
+        if index - first >= IN_PLACE_MIN_BLOCKS:
+            runs.append((slot, length))
+        else:
+            scattered.extend(range(slot, slot + length))
+        first = index
+    return Context(tuple(runs), torch.tensor(scattered, dtype=torch.long) if scattered else None)
 
 
 def _decode_context(
