@@ -62,15 +62,22 @@ def chat_sessions(loaded: LoadedModel, sessions: int, turns: int, message_tokens
     return [Session(s, system, user[s * turns : (s + 1) * turns]) for s in range(sessions)]
 
 
-def run_sessions(loaded: LoadedModel, sessions: list[Session], answer_tokens: int, caching: bool) -> dict:
+def run_sessions(
+    loaded: LoadedModel,
+    sessions: list[Session],
+    answer_tokens: int,
+    caching: bool,
+    policy: str = "niyama",
+    **options: object,
+) -> dict:
     """All sessions to their end; each turn's TTFT, the answers, the cached prompt tokens, the wall time."""
     close = loaded.tokenizer("<|im_end|>\n", add_special_tokens=False)["input_ids"]
     longest = max(len(s.prompt) + sum(len(m) + answer_tokens + len(close) for m in s.messages) for s in sessions)
     runner = make_runner(loaded, len(sessions) * (longest + 64))
     allocator = BlockAllocator(runner.spec.num_blocks, runner.spec.block_size)
     scheduler = make_scheduler(
-        "niyama", builtin_tier_config("default"), allocator, LatencyPredictor.reference("a100-llama3-8b"),
-        prefix_caching=caching,
+        policy, builtin_tier_config("default"), allocator, LatencyPredictor.reference("a100-llama3-8b"),
+        prefix_caching=caching, **options,
     )  # fmt: skip
     core = EngineCore(scheduler, runner, loaded.eos_token_ids, time.perf_counter)
     live: dict[str, tuple[Session, float, list[int]]] = {}
@@ -135,6 +142,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens of each answer (default 32)")
     parser.add_argument("--rounds", type=int, default=3, help="on/off pairs, order alternating (default 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", default="niyama", help="the scheduler on both sides: niyama (default), edf, fcfs")
+    parser.add_argument("--token-budget", type=int, help="tokens per step with fixed chunking (fcfs, edf)")
     parser.add_argument("--json", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     loaded = load_model(args.model_id)
@@ -144,7 +153,8 @@ def main(argv: list[str]) -> int:
     for index in range(args.rounds):
         for caching in (True, False) if index % 2 == 0 else (False, True):
             sessions = chat_sessions(loaded, args.sessions, args.turns, args.message_tokens, args.seed)
-            run = run_sessions(loaded, sessions, args.answer_tokens, caching)
+            options = {} if args.token_budget is None else {"token_budget": args.token_budget}
+            run = run_sessions(loaded, sessions, args.answer_tokens, caching, args.policy, **options)
             name = "on" if caching else "off"
             answers.setdefault(name, []).append(run["answers"])
             longest = run["longest_prompt"]
@@ -165,7 +175,7 @@ def main(argv: list[str]) -> int:
     identical = all(run == answers["on"][0] for run in answers["on"] + answers["off"])
     print(f"model {loaded.model_id} on {loaded.device}; {args.sessions} sessions x {args.turns} turns, "
           f"{args.message_tokens}-token messages, {args.answer_tokens}-token answers, a {SYSTEM_TOKENS}-token "
-          f"system prompt; the longest prompt {longest} tokens; niyama policy, tier interactive")  # fmt: skip
+          f"system prompt; the longest prompt {longest} tokens; policy {args.policy}, tier interactive")  # fmt: skip
     print("| prefix cache | TTFT turn 1 p50 (s) | TTFT turns 2+ p50 (s) | TTFT turns 2+ p90 (s) "
           "| prompt tokens cached % | wall (s) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
