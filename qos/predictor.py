@@ -27,7 +27,7 @@ from .plan import StepShape
 
 MIN_SECONDS = 1e-6
 # A grammar-masked sampling row's added step time where a profile did not measure it: provisional, from
-# llguidance's ~40 us median mask (bench/grammar_libraries.py) plus the mask's application, rounded up.
+# llguidance's ~21 us median mask (docs/results/grammar.md) plus the mask's application, rounded up.
 CONSTRAINED_ROW_SECONDS = 1e-4
 SAMPLE_FIELDS = ("prefill_tokens", "decode_tokens", "decode_context", "prefill_context", "seconds")
 
