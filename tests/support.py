@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import torch
 
+from niyama.bench.servers import start_server, stop
 from niyama.engine.protocol import SamplingParams
 from niyama.qos.kv_blocks import BlockAllocator
 from niyama.qos.plan import Chunk, Plan, StepShape
@@ -156,3 +158,11 @@ class BackgroundStream:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the stream did not end"
         return self.events[-1]
+
+
+def served(args: Sequence[str]) -> Iterator[str]:
+    """A module fixture's `niyama serve` with ``args``: its URL; afterwards it must stop cleanly (exit 0)."""
+    process, base = start_server(args, timeout=180)
+    yield base
+    stop(process, grace=60)
+    assert process.returncode == 0

@@ -12,7 +12,7 @@ import pytest
 import requests
 from huggingface_hub import InferenceClient
 from openai import OpenAI
-from support import reference_greedy
+from support import reference_greedy, served
 from text_generation import AsyncClient, Client
 
 from niyama.bench.servers import start_server, stop
@@ -29,10 +29,7 @@ SERVE = ["--latency-profile", "a100-llama3-8b", "--max-total-tokens", "2048", "-
 
 @pytest.fixture(scope="module")
 def url():
-    process, base = start_server(SERVE, timeout=180)
-    yield base
-    stop(process, grace=60)
-    assert process.returncode == 0
+    yield from served(SERVE)
 
 
 def test_greedy_generate_is_model_generate_token_for_token(url, default_model):

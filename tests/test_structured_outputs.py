@@ -22,11 +22,11 @@ from json_schemas import SCHEMAS
 from openai import OpenAI
 from pydantic import BaseModel, Field
 from router_server import tiny_parts, tiny_server
+from support import served
 from text_generation import Client
 from text_generation.types import Grammar as TgiGrammar
 from text_generation.types import GrammarType
 
-from niyama.bench.servers import start_server, stop
 from niyama.engine.grammar import GrammarSpec
 from niyama.router.schemas import Grammar, ResponseFormat
 from niyama.router.structured import grammar_spec, response_format_grammar
@@ -148,10 +148,7 @@ WEATHER_TOOLS = [{"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def url():
-    process, base = start_server(SERVE, timeout=180)
-    yield base
-    stop(process, grace=60)
-    assert process.returncode == 0
+    yield from served(SERVE)
 
 
 def _text_generation(url: str, name: str, schema: dict, sampled: bool) -> str:
