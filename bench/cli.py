@@ -20,8 +20,8 @@ BENCHMARKS = {
     "threads": ("niyama.bench.threads", "step time per torch thread count: shared vs siloed cores (in-process)"),
     "replica-routing": ("niyama.bench.replica_routing", "slack-aware vs round-robin routing over replicas, simulated"),
     "qos-truth": ("niyama.bench.qos_truth", "simulated goodput of niyama, edf, fcfs under prediction error (truth)"),
-    "prefix": ("niyama.bench.prefix", "multi-turn chats with the prefix cache on vs off: TTFT, exact outputs (in-process)"),
-    "prefix-sim": ("niyama.bench.prefix_sim", "simulated prefix-cache gain on multi-turn chats; tier-aware vs LRU retention"),
+    "prefix": ("niyama.bench.prefix", "multi-turn chats, prefix cache on vs off: TTFT, exact outputs (in-process)"),
+    "prefix-sim": ("niyama.bench.prefix_sim", "simulated prefix-cache gain on chats; tier-aware vs LRU retention"),
     "emulated": ("niyama.bench.evaluate_emulated", "fcfs, edf, niyama served on an emulated A100, beside simulation"),
     "prefill": ("niyama.bench.prefill", "chunked prefill and long-context decode vs one forward pass (in-process)"),
 }

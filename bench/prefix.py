@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from niyama.worker.loading import LoadedModel, load_model
 
 from .engine import make_runner
 from .prompts import prompt_token_ids
+from .report import median_range
 
 SYSTEM_TOKENS = 250
 
@@ -129,10 +129,6 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="niyama bench prefix", description=__doc__.splitlines()[0])
     parser.add_argument("--model-id", default=None)
@@ -181,10 +177,10 @@ def main(argv: list[str]) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for name in ("on", "off"):
         f = figures[name]
-        cells = [spread(f["ttft_first_p50"]), spread(f["ttft_later_p50"]), spread(f["ttft_later_p90"]),
-                 spread(f["cache_hit_pct"], 1), spread(f["wall_seconds"], 0)]  # fmt: skip
+        cells = [median_range(f[key]) for key in ("ttft_first_p50", "ttft_later_p50", "ttft_later_p90")]
+        cells += [median_range(f["cache_hit_pct"], 1), median_range(f["wall_seconds"], 0)]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"TTFT turns 2+ p50, off / on: {spread(ratios)}x; answers identical on and off: {identical}")
+    print(f"TTFT turns 2+ p50, off / on: {median_range(ratios)}x; answers identical on and off: {identical}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"args": vars(args), "figures": figures, "ratio_later_p50": ratios, "identical": identical},

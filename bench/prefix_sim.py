@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing
 import signal
-import statistics
 import time
 
 from niyama.engine.capacity import goodput_search
@@ -39,7 +38,7 @@ from niyama.qos.sessions import Conversations
 from niyama.qos.traces import load_trace
 from niyama.qos.workload import build_workload
 
-from .report import print_and_save
+from .report import median_range, print_and_save
 
 TRACE = "sharegpt"
 TIERS = "paper"
@@ -100,18 +99,14 @@ def measure(seeds: list[int], duration: float, jobs: int) -> dict:
         }
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-
 def tier_rows(first: str, runs: list[dict]) -> list[str]:
     """One table row per tier: ``first``'s cells, then hit %, misses and TTFT p50 over the runs (seeds)."""
     rows = []
     for tier in runs[0]:
         cells = [
-            spread([run[tier]["prompt_cache_hit_pct"] for run in runs], 1),
-            spread([run[tier]["misses"] for run in runs], 0),
-            spread([run[tier]["ttft_p50"] for run in runs], 2),
+            median_range([run[tier]["prompt_cache_hit_pct"] for run in runs], 1),
+            median_range([run[tier]["misses"] for run in runs], 0),
+            median_range([run[tier]["ttft_p50"] for run in runs], 2),
         ]
         rows.append(f"| {first} | {tier} | " + " | ".join(cells) + " |")
     return rows
@@ -136,9 +131,9 @@ def report(results: dict, seeds: list[int], duration: float, command: str) -> li
         "",
         "| prefix caching | goodput (req/s) |",
         "|---|---:|",
-        f"| on | {spread(on)} |",
-        f"| off | {spread(off)} |",
-        f"| on / off | {spread([a / b for a, b in zip(on, off)])}x |",
+        f"| on | {median_range(on)} |",
+        f"| off | {median_range(off)} |",
+        f"| on / off | {median_range([a / b for a, b in zip(on, off)])}x |",
         "",
         "At fixed rates (400,000-token cache):",
         "",

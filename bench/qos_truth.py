@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import signal
-import statistics
 import time
 from dataclasses import replace
 
@@ -33,7 +32,7 @@ from niyama.qos.options import TruthConfig
 from niyama.qos.policy import policy_config
 from niyama.qos.traces import load_trace
 
-from .report import print_and_save
+from .report import median_range, print_and_save
 from .servers import sigterm_exits
 
 TRACE = "azure-code"
@@ -69,10 +68,6 @@ def measure(seeds: list[int], duration: float, jobs: int) -> dict[tuple[float, f
         }
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
-
-
 def ratios(goodputs: dict[str, list[float]], base: str) -> list[float]:
     return [n / b if b else float("inf") for n, b in zip(goodputs["niyama"], goodputs[base])]
 
@@ -94,10 +89,10 @@ def report(results: dict, seeds: list[int], duration: float, command: str) -> li
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (noise, bias), goodputs in results.items():
-        cells = [spread(goodputs[p]) for p in POLICIES]
+        cells = [median_range(goodputs[p]) for p in POLICIES]
         cells += [
-            spread(ratios(goodputs, "fcfs")).replace(" (", "x ("),
-            spread(ratios(goodputs, "edf")).replace(" (", "x ("),
+            median_range(ratios(goodputs, "fcfs")).replace(" (", "x ("),
+            median_range(ratios(goodputs, "edf")).replace(" (", "x ("),
         ]
         lines.append(f"| {noise:g} | {bias:g} | " + " | ".join(cells) + " |")
     low_fcfs = min(min(ratios(goodputs, "fcfs")) for goodputs in results.values())

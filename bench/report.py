@@ -10,6 +10,7 @@ Inputs are the JSON-ready dicts that ``probe.ProbeResult.to_json`` and
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -103,3 +104,8 @@ def print_and_save(lines: list[str], started: float, jobs: int, output: str | No
     if output:
         with open(output, "w", encoding="utf-8") as out:
             out.write(text)
+
+
+def median_range(values: list[float], digits: int = 2) -> str:
+    """``median (min–max)`` of runs (seeds, rounds), as the simulator and in-process benchmarks report them."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
